@@ -1,0 +1,225 @@
+"""The configuration contract: documented defaults, YAML loading, overrides, validation.
+
+A config file is YAML with one mapping per section below. Anything it leaves out keeps the
+default written here; a key that is not defined here is an error (with the closest known key
+suggested), as is a value of the wrong type. Command-line flags override the file through
+``apply_overrides`` ("section.key=value"), so there is exactly one place where settings merge.
+
+Fields marked as paths hold a local file/folder or a Hugging Face id. A relative path is looked
+up next to the config file first, then in the working directory, then in the project root; if
+none exists it is kept as written (a hub id, or a missing file the loader reports).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configs" / "config.yaml"
+
+
+def path_field(default: str | None) -> Any:
+    """A dataclass field that holds a local path or a Hugging Face id."""
+    return field(default=default, metadata={"path": True})
+
+
+def choice_field(default: Any, choices: tuple) -> Any:
+    """A dataclass field restricted to ``choices``."""
+    return field(default=default, metadata={"choices": choices})
+
+
+@dataclass
+class SegmentationConfig:
+    """DeepLabV3+ label-map network (PASCAL VOC, 21 classes)."""
+
+    checkpoint: str | None = path_field("checkpoints/best_deeplabv3plus_resnet101_voc_os16.pth")
+    encoder_name: str = "resnet101"  # any segmentation-models-pytorch encoder name
+    output_stride: int = choice_field(16, (16, 8))  # 16: the checkpoint's own; 8: denser, slower
+    num_classes: int = 21  # PASCAL VOC: background + 20 object classes
+    aspp_channels: int = 256  # width of ASPP and decoder (256 in the original network)
+    low_level_channels: int = 48  # width of the projected stride-4 features (48 originally)
+    allow_pickle: bool = False  # load legacy checkpoints that need full unpickling (trusted only)
+
+
+@dataclass
+class CaptioningConfig:
+    """BLIP captioner."""
+
+    model: str = path_field("Salesforce/blip-image-captioning-large")  # hub id or local folder
+    max_length: int = 30  # maximum number of generated tokens
+    num_beams: int = 3  # beam search keeps captions deterministic; 1 = greedy
+    prefix: str = ""  # optional text the caption starts with, e.g. "a photograph of"
+    repetition_penalty: float = 1.0  # > 1 discourages repeated words
+
+
+@dataclass
+class EncodeConfig:
+    """Batch encoding (process_input.py)."""
+
+    batch_size: int = 8  # images per forward pass and per device
+    num_workers: int = 2  # data-loader processes that decode images
+    max_pixels: int = 50_000_000  # refuse larger images before decoding them
+    precision: str = choice_field("32", ("32", "16", "bf16"))  # network precision on a GPU
+
+
+@dataclass
+class DiffusionConfig:
+    """Stable Diffusion 1.5 and the ControlNet that decodes label maps and captions."""
+
+    sd_model_path: str = path_field("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    controlnet_path: str | None = path_field(None)  # a trained ControlNet; None: from the UNet
+    resolution: int = 512  # training and generation size (multiple of 8)
+    palette: str = choice_field("voc", ("voc", "ade20k"))  # "ade20k" for public seg ControlNets
+
+
+@dataclass
+class Config:
+    """Every section of a config file."""
+
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    captioning: CaptioningConfig = field(default_factory=CaptioningConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict, as written to YAML."""
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message says what to change."""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, merged with the YAML at ``path`` (default ``configs/config.yaml``), then overrides."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    config = config_from_dict(data, source=str(path))
+    if overrides:
+        apply_overrides(config, overrides)
+    resolve_paths(config, base_dir=path.resolve().parent)
+    return config
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    """Build a validated ``Config`` from a nested dict (missing keys keep their defaults)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    config = Config()
+    for section_name, values in data.items():
+        section = _section(config, section_name, source)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section_name!r} must be a mapping")
+        for key, value in values.items():
+            _set_field(section, section_name, key, value, source)
+    return config
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply "section.key=value" strings; the value is parsed as YAML ("8", "null", "[1, 2]")."""
+    for override in overrides:
+        name, sep, text = override.partition("=")
+        section_name, dot, key = name.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"override {override!r} must look like section.key=value")
+        section = _section(config, section_name, "override")
+        _set_field(section, section_name, key, yaml.safe_load(text) if text.strip() else None, "override")
+    return config
+
+
+def resolve_paths(config: Config, base_dir: Path) -> None:
+    """Turn relative path fields into existing local paths where one exists."""
+    for section_field in dataclasses.fields(config):
+        section = getattr(config, section_field.name)
+        for item in dataclasses.fields(section):
+            value = getattr(section, item.name)
+            if item.metadata.get("path") and isinstance(value, str):
+                setattr(section, item.name, resolve_path(value, base_dir))
+
+
+def resolve_path(value: str, base_dir: Path | None = None) -> str:
+    """A relative ``value`` found next to the config, in the working dir or the project root."""
+    candidate = Path(value).expanduser()
+    if candidate.is_absolute():
+        return str(candidate)
+    for root in (base_dir, Path.cwd(), PROJECT_ROOT):
+        if root is not None and (root / candidate).exists():
+            return str((root / candidate).resolve())
+    return value
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the full config (every key, defaults included) as YAML."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def _section(config: Config, name: str, source: str) -> Any:
+    names = [f.name for f in dataclasses.fields(config)]
+    if name not in names:
+        raise ConfigError(f"{source}: unknown section {name!r}{_suggest(name, names)}")
+    return getattr(config, name)
+
+
+def _set_field(section: Any, section_name: str, key: str, value: Any, source: str) -> None:
+    hints = typing.get_type_hints(type(section))
+    if key not in hints:
+        raise ConfigError(f"{source}: unknown key '{section_name}.{key}'{_suggest(key, list(hints))}")
+    if not _matches(value, hints[key]):
+        raise ConfigError(
+            f"{source}: '{section_name}.{key}' must be {_describe(hints[key])}, got {value!r}"
+        )
+    choices = {f.name: f for f in dataclasses.fields(section)}[key].metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{source}: '{section_name}.{key}' must be one of {list(choices)}, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and _describe(hints[key]) == "float":
+        value = float(value)
+    setattr(section, key, value)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple):
+        (item_hint, *_) = typing.get_args(hint) or (Any,)
+        return isinstance(value, (list, tuple)) and all(_matches(v, item_hint) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is Any:
+        return True
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
