@@ -1,0 +1,44 @@
+"""The semantic encoder: images to semantic codes (label map + caption)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.captioning import BlipCaptioner
+from models.config import Config
+from models.segmentation import DeepLabV3Plus, load_segmenter
+from models.semantic_code import SemanticCode
+
+PRECISIONS = {"32": torch.float32, "16": torch.float16, "bf16": torch.bfloat16}
+
+
+class SemanticEncoder:
+    """DeepLabV3+ label maps and BLIP captions for a batch of images."""
+
+    def __init__(self, segmenter: DeepLabV3Plus, captioner: BlipCaptioner):
+        self.segmenter = segmenter
+        self.captioner = captioner
+
+    @classmethod
+    def from_config(cls, config: Config, device: str | torch.device = "cpu") -> "SemanticEncoder":
+        """Load both networks as configured; half precision only on a GPU."""
+        device = torch.device(device)
+        dtype = PRECISIONS[config.encode.precision] if device.type == "cuda" else torch.float32
+        segmenter = load_segmenter(config.segmentation, device=device, dtype=dtype)
+        captioner = BlipCaptioner.from_config(config.captioning, device=device, dtype=dtype)
+        return cls(segmenter, captioner)
+
+    def to(self, device: str | torch.device) -> "SemanticEncoder":
+        self.segmenter.to(device)
+        self.captioner.model.to(device)
+        return self
+
+    def encode(self, images: list[Image.Image | np.ndarray]) -> list[SemanticCode]:
+        """One semantic code per RGB image, the label map at the image's own size."""
+        arrays = [np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image,
+                             dtype=np.uint8) for image in images]
+        label_maps = self.segmenter.predict(arrays)
+        captions = self.captioner.caption(arrays)
+        return [SemanticCode(label_map=m, caption=c) for m, c in zip(label_maps, captions)]

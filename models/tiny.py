@@ -1,0 +1,212 @@
+"""Tiny random versions of every component, saved in their real on-disk formats.
+
+``python -m models.tiny --output_dir D`` writes, in a few seconds and with no network:
+
+- ``D/segmentation/deeplabv3plus_resnet18_tiny.pth``: a DeepLabV3+ checkpoint in the original
+  project's format (a dict with ``model_state`` holding ``backbone.*``/``classifier.*`` and a
+  numpy ``best_score``), narrow head on a ResNet-18;
+- ``D/blip/``: a BLIP captioner (``save_pretrained``: config, safetensors, BERT tokenizer,
+  image processor);
+- ``D/stable-diffusion/``: an SD1.5-style diffusers folder (UNet, VAE, CLIP text encoder and
+  BPE tokenizer, PNDM scheduler with SD1.5's noise schedule);
+- ``D/controlnet/``: a ControlNet initialised from that UNet (``save_pretrained``);
+- ``D/config.yaml``: a config that points every script at them.
+
+Everything is loaded back through the same code paths as the real models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.config import Config, SegmentationConfig, save_config
+from models.palettes import VOC_CLASSES
+
+# Words for the tiny tokenizers, so that random captions are at least made of words.
+CAPTION_WORDS = sorted(set(VOC_CLASSES) | {
+    "a", "an", "the", "of", "on", "in", "with", "and", "at", "near", "photo", "picture",
+    "sitting", "standing", "lying", "two", "small", "large", "red", "blue", "green", "white",
+    "black", "grass", "road", "table", "room", "street", "field", "water", "sky", "man",
+    "woman", "child", "group", "people", "front", "next", "to", "is", "are",
+})
+SEGMENTATION_TINY = SegmentationConfig(
+    checkpoint=None, encoder_name="resnet18", output_stride=16, num_classes=21,
+    aspp_channels=16, low_level_channels=8,
+)
+RESOLUTION = 64  # tiny decoding/training resolution (multiple of 8)
+
+
+def build_segmentation(output_dir: Path) -> Path:
+    """A random DeepLabV3+ saved exactly as the original project's checkpoints are."""
+    from models.segmentation import DeepLabV3Plus
+
+    model = DeepLabV3Plus.from_config(SEGMENTATION_TINY)
+    for module in model.modules():  # non-trivial batch-norm statistics, as in a trained net
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    path = output_dir / "segmentation" / "deeplabv3plus_resnet18_tiny.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {
+        "cur_itrs": 0,
+        "model_state": model.state_dict(),
+        "optimizer_state": {},
+        "scheduler_state": {},
+        "best_score": np.float64(0.0),
+    }
+    torch.save(checkpoint, path)
+    return path
+
+
+def build_blip(output_dir: Path) -> Path:
+    """A BLIP captioner with a 2-layer text decoder and vision encoder."""
+    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration,
+                              BlipImageProcessor, BlipProcessor)
+
+    folder = output_dir / "blip"
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + CAPTION_WORDS
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]")
+    text_config = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
+                       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                       pad_token_id=0, sep_token_id=3, eos_token_id=3,
+                       bos_token_id=vocab.index("[DEC]"), initializer_range=0.2)
+    vision_config = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, image_size=30, patch_size=2,
+                         initializer_range=0.2)  # BLIP's default (1e-10) makes images invisible
+    config = BlipConfig(text_config=text_config, vision_config=vision_config, projection_dim=32,
+                        initializer_range=0.2)
+    model = BlipForConditionalGeneration(config)
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": 30, "width": 30}), tokenizer=tokenizer
+    )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """The byte -> printable character table of byte-level BPE (GPT-2, CLIP)."""
+    printable = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
+    table, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def write_clip_tokenizer_files(folder: Path) -> int:
+    """A CLIP BPE vocabulary of single characters plus whole tiny-vocabulary words."""
+    folder.mkdir(parents=True, exist_ok=True)
+    characters = list(bytes_to_unicode().values())
+    vocab = characters + [c + "</w>" for c in characters]
+    merges = []
+    for word in CAPTION_WORDS:  # merge each word left to right into one token
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merged = pieces[0] + pieces[1]
+            if (pieces[0], pieces[1]) not in merges:
+                merges.append((pieces[0], pieces[1]))
+                if merged not in vocab:
+                    vocab.append(merged)
+            pieces = [merged] + pieces[2:]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    return len(vocab)
+
+
+def build_stable_diffusion(output_dir: Path) -> tuple[Path, Path]:
+    """An SD1.5-style diffusers folder and a ControlNet initialised from its UNet."""
+    from diffusers import (AutoencoderKL, ControlNetModel, PNDMScheduler,
+                           StableDiffusionPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tokenizer_dir:
+        vocab_size = write_clip_tokenizer_files(Path(tokenizer_dir))
+        tokenizer = CLIPTokenizer(f"{tokenizer_dir}/vocab.json", f"{tokenizer_dir}/merges.txt",
+                                  model_max_length=77)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=5,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    ))
+    unet = UNet2DConditionModel(
+        sample_size=RESOLUTION // 2, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=(2, 4), norm_num_groups=32,
+    )
+    vae = AutoencoderKL(  # two blocks: latents at 1/2 resolution (SD1.5's VAE: four, 1/8)
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=32, sample_size=RESOLUTION,
+    )
+    scheduler = PNDMScheduler(  # SD1.5's scheduler config
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    sd_dir, controlnet_dir = output_dir / "stable-diffusion", output_dir / "controlnet"
+    pipeline.save_pretrained(sd_dir)
+    # One stride-2 step in the conditioning embedding, to match the VAE's factor of 2.
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    controlnet.save_pretrained(controlnet_dir)
+    return sd_dir, controlnet_dir
+
+
+def build_tiny_components(output_dir: str | Path, seed: int = 0) -> Path:
+    """Write every tiny component and ``config.yaml`` under ``output_dir``; return the config path."""
+    output_dir = Path(output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = Config()
+    config.segmentation = SegmentationConfig(**{
+        **vars(SEGMENTATION_TINY), "checkpoint": str(build_segmentation(output_dir))})
+    config.captioning.model = str(build_blip(output_dir))
+    config.captioning.max_length = 12
+    sd_dir, controlnet_dir = build_stable_diffusion(output_dir)
+    config.diffusion.sd_model_path = str(sd_dir)
+    config.diffusion.controlnet_path = str(controlnet_dir)
+    config.diffusion.resolution = RESOLUTION
+    config.encode.batch_size = 4
+    config.encode.num_workers = 0
+    config_path = output_dir / "config.yaml"
+    save_config(config, config_path)
+    return config_path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--output_dir", required=True, help="folder to write the components into")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config_path = build_tiny_components(args.output_dir, seed=args.seed)
+    print(f"tiny components written; use --config_path {config_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
