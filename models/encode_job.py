@@ -1,0 +1,240 @@
+"""Encoding a folder of images: plan, run on every device, merge, report.
+
+Layout written under the output folder:
+
+- ``<relative path>.png``: the label map of each input image, a palette PNG (pixel = class id);
+- ``prompts.json``: ``{relative input path: caption}`` for every encoded image.
+
+The job is resumable: an image counts as done when its label map exists and its caption is
+recorded, and done images are skipped unless ``overwrite`` is set. While the job runs, each
+process appends its captions to ``.prompts.rank<R>.jsonl`` right after writing the label map;
+at the end rank 0 merges those into ``prompts.json`` (an interrupted job's leftovers are merged
+by the next run). Every process plans from the same file listing, so the work is split without
+communication, and each item is written by exactly one process.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+
+from models.config import Config
+from models.encoder import PRECISIONS, SemanticEncoder
+from models.imageio import (ImageReadError, InputFile, atomic_save_image, atomic_write_json,
+                            is_image_name, read_json, read_rgb, walk_files)
+from models.palettes import label_map_to_pil
+from models.runtime import DeviceSpec, prediction_trainer
+
+PROMPTS_FILE = "prompts.json"
+PARTIAL_PATTERN = ".prompts.rank*.jsonl"
+
+
+def label_map_path(output_dir: Path, relpath: str) -> Path:
+    """Where the label map of the input at ``relpath`` goes."""
+    return (output_dir / relpath).with_suffix(".png")
+
+
+@dataclass
+class EncodePlan:
+    """What a run will do, decided before any work starts."""
+
+    todo: list[InputFile] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)  # already encoded, skipped
+    ignored: list[str] = field(default_factory=list)  # not image files
+    failures: dict[str, str] = field(default_factory=dict)  # relpath -> reason
+
+
+def read_captions(output_dir: Path) -> dict[str, str]:
+    """Captions from ``prompts.json`` and any per-process partial files (later ones win)."""
+    captions = dict(read_json(output_dir / PROMPTS_FILE, default={}))
+    for partial in sorted(output_dir.glob(PARTIAL_PATTERN)):
+        for line in partial.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                captions[record["image"]] = record["caption"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut short by an interruption
+    return captions
+
+
+def plan_encode(input_dir: Path, output_dir: Path, overwrite: bool = False) -> EncodePlan:
+    """Sort the files under ``input_dir`` into to-do, done, ignored and failed."""
+    plan = EncodePlan()
+    captions = {} if overwrite else read_captions(output_dir)
+    claimed: dict[Path, str] = {}
+    for item in walk_files(input_dir):
+        if not is_image_name(item.relpath):
+            plan.ignored.append(item.relpath)
+            continue
+        target = label_map_path(output_dir, item.relpath)
+        if target in claimed:
+            plan.failures[item.relpath] = (
+                f"its label map {target.name} would overwrite the one of {claimed[target]} "
+                f"(same name, different extension); rename one of them")
+            continue
+        claimed[target] = item.relpath
+        if item.relpath in captions and target.exists():
+            plan.done.append(item.relpath)
+        else:
+            plan.todo.append(item)
+    return plan
+
+
+class ImageFiles(Dataset):
+    """Decodes input images in data-loader workers; a bad file becomes an error record."""
+
+    def __init__(self, items: list[InputFile | None], max_pixels: int | None):
+        self.items = items
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        if item is None:  # padding so that every process gets at least one item
+            return {"relpath": None}
+        try:
+            image = np.asarray(read_rgb(item.path, self.max_pixels), dtype=np.uint8)
+            return {"relpath": item.relpath, "image": image}
+        except ImageReadError as error:
+            return {"relpath": item.relpath, "error": error.reason}
+
+
+class EncodeModule(pl.LightningModule):
+    """Runs the semantic encoder on one batch of decoded images."""
+
+    def __init__(self, encoder: SemanticEncoder, precision: str = "32"):
+        super().__init__()
+        self.encoder = encoder
+        self.segmenter = encoder.segmenter  # registered, so Lightning moves them to the device
+        self.caption_model = encoder.captioner.model
+        self.precision_name = precision
+
+    def on_predict_start(self) -> None:
+        if self.device.type == "cuda":
+            self.to(PRECISIONS[self.precision_name])
+
+    def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
+        good = [record for record in batch if "image" in record]
+        codes = self.encoder.encode([record["image"] for record in good]) if good else []
+        for record, code in zip(good, codes):
+            record["code"] = code
+            del record["image"]
+        return [record for record in batch if record["relpath"] is not None]
+
+
+class EncodeWriter(BasePredictionWriter):
+    """Writes label maps and appends captions as soon as a batch is done."""
+
+    def __init__(self, output_dir: Path):
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.failures: dict[str, str] = {}
+        self.encoded = 0
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
+                           batch_idx, dataloader_idx=0) -> None:
+        lines = []
+        for record in prediction:
+            if "error" in record:
+                self.failures[record["relpath"]] = record["error"]
+                continue
+            code = record["code"]
+            atomic_save_image(label_map_to_pil(code.label_map),
+                              label_map_path(self.output_dir, record["relpath"]))
+            lines.append(json.dumps({"image": record["relpath"], "caption": code.caption},
+                                    ensure_ascii=False))
+            self.encoded += 1
+        self._append(trainer.global_rank, lines)
+
+    def _append(self, rank: int, lines: list[str]) -> None:
+        if not lines:
+            return
+        partial = self.output_dir / f".prompts.rank{rank}.jsonl"
+        with open(partial, "ab") as handle:
+            if handle.tell() > 0:  # an interrupted run may have left half a line
+                with open(partial, "rb") as existing:
+                    existing.seek(-1, 2)
+                    if existing.read(1) != b"\n":
+                        handle.write(b"\n")
+            handle.write(("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def merge_captions(output_dir: Path) -> dict[str, str]:
+    """Fold the partial caption files into ``prompts.json`` (atomically) and delete them."""
+    captions = read_captions(output_dir)
+    atomic_write_json(output_dir / PROMPTS_FILE, dict(sorted(captions.items())))
+    for partial in output_dir.glob(PARTIAL_PATTERN):
+        partial.unlink()
+    return captions
+
+
+@dataclass
+class EncodeResult:
+    """What one process learned from a run."""
+
+    encoded: int
+    failures: dict[str, str]
+    is_global_zero: bool
+
+
+def run_encode(plan: EncodePlan, config: Config, spec: DeviceSpec, output_dir: Path,
+               progress_bar: bool = True) -> EncodeResult:
+    """Encode ``plan.todo`` on the devices in ``spec``; failures of all processes are gathered."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    items: list[InputFile | None] = list(plan.todo)
+    items += [None] * max(0, spec.world_size - len(items))
+    loader = DataLoader(ImageFiles(items, config.encode.max_pixels), batch_size=config.encode.batch_size,
+                        num_workers=config.encode.num_workers, collate_fn=list, shuffle=False)
+    writer = EncodeWriter(output_dir)
+    trainer = prediction_trainer(spec, callbacks=[writer], progress_bar=progress_bar)
+    module = EncodeModule(SemanticEncoder.from_config(config), config.encode.precision)
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    failures = _gather(trainer, writer.failures)
+    encoded = sum(_gather(trainer, {"n": writer.encoded}, combine=_sum_counts).values())
+    if trainer.is_global_zero:
+        merge_captions(output_dir)
+    trainer.strategy.barrier()
+    return EncodeResult(encoded=encoded, failures=failures, is_global_zero=trainer.is_global_zero)
+
+
+def _sum_counts(parts: list[dict]) -> dict:
+    return {"n": sum(part["n"] for part in parts)}
+
+
+def _gather(trainer: pl.Trainer, value: dict, combine=None) -> dict:
+    """All processes' dicts merged (or combined), on every process."""
+    if trainer.world_size == 1:
+        return combine([value]) if combine else dict(value)
+    parts: list = [None] * trainer.world_size
+    torch.distributed.all_gather_object(parts, value)
+    if combine:
+        return combine(parts)
+    merged: dict = {}
+    for part in parts:
+        merged.update(part)
+    return merged
+
+
+def report(plan: EncodePlan, result: EncodeResult | None, output_dir: Path) -> int:
+    """Print one line per failed file and a summary; the exit status (1 if anything failed)."""
+    failures = dict(plan.failures)
+    if result is not None:
+        failures.update(result.failures)
+    for relpath in sorted(failures):
+        print(f"error: {relpath}: {failures[relpath]}", file=sys.stderr)
+    for relpath in plan.ignored:
+        print(f"skipped: {relpath}: not an image file (by its extension)", file=sys.stderr)
+    encoded = result.encoded if result is not None else 0
+    print(f"encoded {encoded}, already done {len(plan.done)}, failed {len(failures)}, "
+          f"ignored {len(plan.ignored)} -> {output_dir}")
+    return 1 if failures else 0

@@ -1,0 +1,103 @@
+"""Devices and processes: one set of flags for every script, Lightning for the work.
+
+Scripts accept the original project's ``--gpus 0 1`` / ``--gpu_ids "0,1"``, a single
+``--device`` (``cpu``, ``cuda``, ``cuda:1``) and Lightning's ``--accelerator``/``--devices``/
+``--num_nodes``. They all resolve to one ``DeviceSpec``; more than one device means DDP, where
+Lightning starts one process per device by running the same script again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """Where a job runs, in Lightning's terms."""
+
+    accelerator: str  # "cpu" or "gpu"
+    devices: int | list[int]  # a count, or explicit GPU indices
+    num_nodes: int = 1
+
+    @property
+    def world_size(self) -> int:
+        count = len(self.devices) if isinstance(self.devices, list) else self.devices
+        return count * self.num_nodes
+
+    @property
+    def strategy(self) -> str:
+        return "ddp" if self.world_size > 1 else "auto"
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, gpu_flag: str = "--gpus") -> None:
+    """The device flags shared by all scripts (``gpu_flag``: the original README's spelling)."""
+    group = parser.add_argument_group("devices")
+    if gpu_flag == "--gpus":
+        group.add_argument("--gpus", type=int, nargs="+", default=None,
+                           help="GPU indices to use, e.g. --gpus 0 1 (one process per GPU)")
+    else:
+        group.add_argument("--gpu_ids", type=str, default=None,
+                           help='comma-separated GPU indices, e.g. --gpu_ids "0,1"')
+    group.add_argument("--device", default=None,
+                       help="a single device: cpu, cuda or cuda:N (default: a GPU if present)")
+    group.add_argument("--accelerator", choices=("auto", "cpu", "gpu", "cuda"), default="auto",
+                       help="Lightning accelerator; with --devices N runs N processes")
+    group.add_argument("--devices", type=int, default=None,
+                       help="number of devices (processes) to use, e.g. --accelerator cpu --devices 2")
+    group.add_argument("--num_nodes", type=int, default=1, help="number of machines (multi-node DDP)")
+
+
+def resolve_devices(args: argparse.Namespace) -> DeviceSpec:
+    """Turn the device flags into a ``DeviceSpec``; contradictory flags raise ``ValueError``."""
+    gpu_ids = _gpu_ids(args)
+    accelerator = {"cuda": "gpu"}.get(args.accelerator, args.accelerator)
+    if gpu_ids is not None:
+        if accelerator == "cpu" or (args.device or "").startswith("cpu"):
+            raise ValueError("GPU indices were given together with a CPU device; choose one")
+        return DeviceSpec("gpu", gpu_ids, args.num_nodes)
+    if args.device is not None:
+        device = torch.device(args.device)
+        if device.type == "cpu":
+            return DeviceSpec("cpu", 1, args.num_nodes)
+        if device.type != "cuda":
+            raise ValueError(f"unsupported --device {args.device!r}: use cpu, cuda or cuda:N")
+        return DeviceSpec("gpu", [device.index or 0], args.num_nodes)
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise ValueError("a GPU was requested but CUDA is not available; use --accelerator cpu")
+    return DeviceSpec(accelerator, args.devices or 1, args.num_nodes)
+
+
+def _gpu_ids(args: argparse.Namespace) -> list[int] | None:
+    if getattr(args, "gpus", None):
+        return list(args.gpus)
+    text = getattr(args, "gpu_ids", None)
+    if text:
+        try:
+            return [int(part) for part in text.replace(" ", "").split(",") if part]
+        except ValueError:
+            raise ValueError(f'--gpu_ids must look like "0,1", got {text!r}') from None
+    return None
+
+
+def is_global_zero() -> bool:
+    """Whether this process is rank 0 (also before Lightning has set up the process group)."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def prediction_trainer(spec: DeviceSpec, callbacks: list, progress_bar: bool = True):
+    """A Lightning Trainer that runs ``predict`` on every device, each item exactly once."""
+    import pytorch_lightning as pl
+
+    return pl.Trainer(
+        accelerator=spec.accelerator, devices=spec.devices, num_nodes=spec.num_nodes,
+        strategy=spec.strategy, logger=False, enable_checkpointing=False,
+        enable_model_summary=False, enable_progress_bar=progress_bar, callbacks=callbacks,
+    )
