@@ -78,6 +78,7 @@ class DiffusionConfig:
     controlnet_path: str | None = path_field(None)  # a trained ControlNet; None: from the UNet
     resolution: int = 512  # training and generation size (multiple of 8)
     palette: str = choice_field("voc", ("voc", "ade20k"))  # "ade20k" for public seg ControlNets
+    conditioning: str = choice_field("palette", ("palette", "onehot"))  # control image rendering
 
 
 @dataclass

@@ -1,0 +1,51 @@
+"""Control images: how a label map is shown to the ControlNet.
+
+Training and decoding must render a label map the same way, so both go through this module.
+Two renderings:
+
+- ``palette`` (default): the label map drawn in a palette's colours (VOC, or ADE20K for the public
+  segmentation ControlNet), 3 channels;
+- ``onehot``: one channel per class; ids outside ``0..num_classes-1`` (VOC's void 255) are all
+  zeros.
+
+Both give float tensors in [0, 1], the range diffusers' ControlNet pipelines feed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from models.palettes import get_palette
+
+CONDITIONING_MODES = ("palette", "onehot")
+
+
+def conditioning_channels(mode: str, num_classes: int = 21) -> int:
+    """Number of control-image channels for a rendering mode."""
+    if mode not in CONDITIONING_MODES:
+        raise ValueError(f"unknown conditioning mode {mode!r}; choose one of {CONDITIONING_MODES}")
+    return 3 if mode == "palette" else num_classes
+
+
+def resize_label_map(label_map: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Nearest-neighbour resize of an (H, W) uint8 label map (class ids are never blended)."""
+    if label_map.shape == (height, width):
+        return label_map
+    return np.asarray(Image.fromarray(label_map).resize((width, height), Image.NEAREST))
+
+
+def control_tensor(label_map: np.ndarray, mode: str = "palette", palette: str = "voc",
+                   num_classes: int = 21) -> torch.Tensor:
+    """(C, H, W) float32 control image in [0, 1] for an (H, W) uint8 label map."""
+    conditioning_channels(mode, num_classes)
+    label_map = np.asarray(label_map, dtype=np.uint8)
+    if mode == "palette":
+        colors = torch.from_numpy(get_palette(palette)[label_map])  # (H, W, 3) uint8
+        return colors.permute(2, 0, 1).float() / 255.0
+    ids = torch.from_numpy(label_map.astype(np.int64))  # (H, W)
+    valid = ids < num_classes
+    one_hot = F.one_hot(torch.where(valid, ids, 0), num_classes)  # (H, W, classes)
+    return (one_hot * valid.unsqueeze(-1)).permute(2, 0, 1).float()
