@@ -1,0 +1,520 @@
+"""Build the training layout from PASCAL VOC 2012 or a plain folder of images.
+
+    python -m models.prepare_data --voc_root VOCdevkit/VOC2012 [--label_source gt|predicted]
+    python -m models.prepare_data --image_dir my_photos --split_fractions 0.8 0.1 0.1 --seed 0
+
+Writes, under --data_root (default data/):
+
+- ``original_images/{train,val,test}/<relative path>``: the images, hard-linked (falling back to
+  a copy across file systems), symbolically linked or copied; never moved;
+- ``segmented_images/{split}/<relative path>.png``: label maps as palette PNGs (pixel = VOC id);
+- ``segmented_images/{split}/prompts.json``: ``{path relative to original_images/{split}: caption}``,
+  the same files ``process_input.py`` writes for each split folder;
+- ``prepare_data.json``: the settings that decided the content, so that a re-run with other
+  settings is refused instead of mixing two layouts.
+
+VOC splits: ``train`` is ImageSets/Segmentation/train.txt minus a seeded ``--val_fraction`` of
+it, which becomes ``val``; ``test`` is the official val.txt, because the VOC test annotations are
+not public. A plain folder is split at random (seeded) by ``--split_fractions``.
+
+Re-running does nothing that is already done. Missing or unreadable files are reported one line
+each, the rest is prepared, and the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import filecmp
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from models.captioning import BlipCaptioner
+from models.config import Config, ConfigError, DEFAULT_CONFIG_PATH, load_config
+from models.encode_job import (PARTIAL_PATTERN, PROMPTS_FILE, ImageFiles, label_map_path,
+                               merge_captions, plan_encode, read_captions, run_encode)
+from models.encoder import PRECISIONS
+from models.imageio import (ImageReadError, InputFile, atomic_path, atomic_save_image,
+                            atomic_write_json, is_image_name,
+                            read_json, read_rgb, walk_files)
+from models.palettes import NUM_VOC_CLASSES, VOID_LABEL, label_map_from_pil, label_map_to_pil
+from models.runtime import DeviceSpec, add_device_arguments, is_global_zero, resolve_devices
+from models.segmentation import CheckpointError
+
+SPLITS = ("train", "val", "test")
+MANIFEST_FILE = "prepare_data.json"
+LINK_MODES = ("hard", "symbolic", "copy")
+# Errors of os.link that mean "this file system cannot hard-link here", not "bad input".
+NO_HARD_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+VOID_CHOICES = {"background": 0, "keep": VOID_LABEL}  # what void (255) pixels become
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One image of the source and where it goes."""
+
+    split: str
+    relpath: str  # path under original_images/{split}/, "/" separators
+    image: Path  # the source image
+    mask: Path | None = None  # its ground-truth class map (VOC only)
+
+
+@dataclass
+class SourcePlan:
+    """Every image of the source assigned to a split, and what could not be."""
+
+    items: list[SourceItem] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # source file -> reason
+    warnings: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # not image files
+
+
+@dataclass
+class SplitCounts:
+    """What one split holds after the run, and what this run added."""
+
+    images: int = 0  # images present in original_images/{split}
+    linked: int = 0  # of which linked or copied by this run
+    label_maps: int = 0  # label maps written by this run
+    captions: int = 0  # captions written by this run
+
+
+def split_counts(total: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Images per split: val and test rounded from their fractions, train the rest."""
+    val, test = round(fractions[1] * total), round(fractions[2] * total)
+    return total - val - test, val, test
+
+
+def assign_splits(names: list[str], fractions: tuple[float, float, float],
+                  seed: int) -> dict[str, list[str]]:
+    """A seeded random split of ``names`` with the given fractions (independent of input order)."""
+    order = sorted(names)
+    permuted = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
+    train, val, _ = split_counts(len(order), fractions)
+    return {"train": sorted(permuted[:train]), "val": sorted(permuted[train:train + val]),
+            "test": sorted(permuted[train + val:])}
+
+
+def check_fractions(fractions: list[float]) -> tuple[float, float, float]:
+    """Three non-negative fractions summing to 1, with some room for training."""
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"--split_fractions must be three non-negative numbers (train val test) "
+                         f"that sum to 1, got {fractions}")
+    if fractions[0] == 0:
+        raise ValueError("--split_fractions gives no images to train")
+    return tuple(fractions)
+
+
+def find_voc_root(path: Path) -> Path:
+    """The VOC2012 folder at, or under, ``path`` (VOC2012/, VOCdevkit/ or its parent)."""
+    for candidate in (path, path / "VOC2012", path / "VOCdevkit" / "VOC2012"):
+        if (candidate / "JPEGImages").is_dir() and (candidate / "ImageSets" / "Segmentation").is_dir():
+            return candidate
+    raise ValueError(f"--voc_root {path}: no JPEGImages/ and ImageSets/Segmentation/ found there, "
+                     f"nor under VOC2012/ or VOCdevkit/VOC2012/")
+
+
+def read_id_list(path: Path) -> list[str]:
+    """Image ids of a VOC list file, one per line, in file order, without repeats."""
+    if not path.is_file():
+        raise ValueError(f"VOC split list not found: {path}")
+    ids = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return list(dict.fromkeys(ids))
+
+
+def voc_plan(voc_root: Path, val_fraction: float, seed: int, with_masks: bool) -> SourcePlan:
+    """train.txt less a seeded val share as train/val, the official val.txt as test."""
+    lists = voc_root / "ImageSets" / "Segmentation"
+    train_ids, test_ids = read_id_list(lists / "train.txt"), read_id_list(lists / "val.txt")
+    plan = SourcePlan()
+    both = sorted(set(train_ids) & set(test_ids))
+    if both:  # a held-out image must never be trained on
+        plan.warnings.append(f"{len(both)} ids are in both train.txt and val.txt (e.g. {both[0]}); "
+                             f"they go to test only")
+    splits = assign_splits([i for i in train_ids if i not in set(both)],
+                           (1 - val_fraction, val_fraction, 0.0), seed)
+    splits["test"] = sorted(test_ids)
+    for split in SPLITS:
+        for image_id in splits[split]:
+            image = voc_root / "JPEGImages" / f"{image_id}.jpg"
+            mask = voc_root / "SegmentationClass" / f"{image_id}.png" if with_masks else None
+            plan.items.append(SourceItem(split, image.name, image, mask))
+    return plan
+
+
+def folder_plan(image_dir: Path, fractions: tuple[float, float, float], seed: int) -> SourcePlan:
+    """Every image under ``image_dir`` (subfolders kept), split at random with ``seed``."""
+    plan = SourcePlan()
+    images = {}
+    for item in walk_files(image_dir):
+        if is_image_name(item.relpath):
+            images[item.relpath] = item.path
+        else:
+            plan.ignored.append(item.relpath)
+    for split, relpaths in assign_splits(list(images), fractions, seed).items():
+        plan.items += [SourceItem(split, relpath, images[relpath]) for relpath in relpaths]
+    return plan
+
+
+class LinkError(Exception):
+    """A target exists and is not the source file."""
+
+
+def same_file(source: Path, target: Path) -> bool:
+    """Whether ``target`` is ``source`` (a link to it) or a copy of it (same stat or bytes)."""
+    try:
+        return os.path.samefile(source, target) or filecmp.cmp(source, target)
+    except OSError:
+        return False
+
+
+def link_file(source: Path, target: Path, mode: str) -> str:
+    """Place ``source`` at ``target`` as ``mode``; the mode used ("copy" after a failed hard link)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "hard":
+        try:
+            os.link(source, target)
+            return "hard"
+        except OSError as error:
+            if error.errno not in NO_HARD_LINK:
+                raise
+        mode = "copy"
+    if mode == "symbolic":
+        os.symlink(source.resolve(), target)
+        return "symbolic"
+    with atomic_path(target) as temporary:
+        shutil.copy2(source, temporary)
+    return "copy"
+
+
+def read_class_map(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A VOC ground-truth class map (ids 0..20, 255 void) of the given (width, height)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            label_map = label_map_from_pil(image)
+    except FileNotFoundError:
+        raise ImageReadError(path, "ground-truth mask not found") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageReadError(path, f"unreadable ground-truth mask ({error})") from None
+    if label_map.shape != (size[1], size[0]):
+        raise ImageReadError(path, f"mask is {label_map.shape[1]}x{label_map.shape[0]}, "
+                                   f"its image {size[0]}x{size[1]}")
+    bad = (label_map >= NUM_VOC_CLASSES) & (label_map != VOID_LABEL)
+    if bad.any():
+        raise ImageReadError(path, f"class id {int(label_map[bad][0])} is neither a VOC class "
+                                   f"(0..{NUM_VOC_CLASSES - 1}) nor void ({VOID_LABEL})")
+    return label_map
+
+
+class Preparer:
+    """Places source images into the layout and writes ground-truth label maps."""
+
+    def __init__(self, data_root: Path, link_mode: str, max_pixels: int | None,
+                 void: str | None = None):
+        self.data_root = data_root
+        self.link_mode = link_mode
+        self.max_pixels = max_pixels
+        self.void = void  # None: label maps are predicted later, not taken from masks
+        self.counts = {split: SplitCounts() for split in SPLITS}
+        self.failures: dict[str, str] = {}
+        self.copied_instead = False  # hard links were impossible for at least one file
+        self.sources: dict[Path, Path] = {}  # image in the layout -> its source file
+
+    def split_dir(self, folder: str, split: str) -> Path:
+        return self.data_root / folder / split
+
+    def image_path(self, item: SourceItem) -> Path:
+        return self.split_dir("original_images", item.split) / item.relpath
+
+    def map_path(self, item: SourceItem) -> Path:
+        return label_map_path(self.split_dir("segmented_images", item.split), item.relpath)
+
+    def fail(self, split: str, relpath: str, reason: str) -> None:
+        """Record a failure of a file in the layout under the name of its source file."""
+        layout_path = self.split_dir("original_images", split) / relpath
+        self.failures[str(self.sources.get(layout_path, layout_path))] = reason
+
+    def place(self, item: SourceItem) -> bool:
+        """Link the image (checked first) and, with masks, write its label map; False on failure."""
+        target, counts = self.image_path(item), self.counts[item.split]
+        self.sources[target] = item.image
+        try:
+            present = os.path.lexists(target)
+            if present and not same_file(item.image, target):
+                raise LinkError(f"{target} exists and is not this file; remove it or use "
+                                f"another --data_root")
+            needs_map = self.void is not None and not self.map_path(item).exists()
+            label_map = self.check(item) if not present or needs_map else None
+            if not present:
+                self.copied_instead |= link_file(item.image, target, self.link_mode) != self.link_mode
+                counts.linked += 1
+            if needs_map:
+                atomic_save_image(label_map_to_pil(label_map), self.map_path(item))
+                counts.label_maps += 1
+        except ImageReadError as error:
+            self.failures[error.path] = error.reason
+            return False
+        except (LinkError, OSError) as error:
+            self.failures[str(item.image)] = str(error)
+            return False
+        counts.images += 1
+        return True
+
+    def check(self, item: SourceItem) -> np.ndarray | None:
+        """Decode the image (so broken files never enter the layout); its label map with masks."""
+        size = read_rgb(item.image, self.max_pixels).size
+        if self.void is None:
+            return None
+        label_map = read_class_map(item.mask, size)
+        label_map[label_map == VOID_LABEL] = VOID_CHOICES[self.void]
+        return label_map
+
+
+def find_split_conflicts(items: list[SourceItem], data_root: Path) -> dict[str, str]:
+    """Images already present in another split (from a run with another split): leakage."""
+    conflicts = {}
+    for item in items:
+        for other in SPLITS:
+            if other != item.split and (data_root / "original_images" / other / item.relpath).exists():
+                conflicts[str(item.image)] = (
+                    f"already in original_images/{other}/ but now assigned to {item.split}; the "
+                    f"source changed since the last run: use a fresh --data_root")
+    return conflicts
+
+
+def caption_device(spec: DeviceSpec) -> torch.device:
+    """The single device that captions ground-truth layouts (the first one given)."""
+    if spec.accelerator == "cpu":
+        return torch.device("cpu")
+    return torch.device("cuda", spec.devices[0] if isinstance(spec.devices, list) else 0)
+
+
+def caption_split(captioner: BlipCaptioner, split: str, todo: list[SourceItem],
+                  preparer: Preparer, config: Config) -> None:
+    """Caption ``todo`` (images of one split), saving ``prompts.json`` after each batch."""
+    output_dir = preparer.split_dir("segmented_images", split)
+    captions = read_captions(output_dir)
+    files = [InputFile(preparer.image_path(item), item.relpath) for item in todo]
+    loader = DataLoader(ImageFiles(files, config.encode.max_pixels), collate_fn=list,
+                        batch_size=config.encode.batch_size, num_workers=config.encode.num_workers)
+    for batch in tqdm(loader, desc=f"captions {split}", unit="batch"):
+        good = [record for record in batch if "image" in record]
+        for record in batch:
+            if "error" in record:
+                preparer.fail(split, record["relpath"], record["error"])
+        new = captioner.caption([record["image"] for record in good])
+        captions.update({record["relpath"]: caption for record, caption in zip(good, new)})
+        atomic_write_json(output_dir / PROMPTS_FILE, dict(sorted(captions.items())))
+        preparer.counts[split].captions += len(new)
+
+
+def caption_ground_truth(placed: list[SourceItem], preparer: Preparer, config: Config,
+                         spec: DeviceSpec) -> None:
+    """BLIP captions for the placed images that have none; BLIP is loaded only if needed."""
+    todo = {}
+    for split in SPLITS:
+        captions = read_captions(preparer.split_dir("segmented_images", split))
+        todo[split] = [i for i in placed if i.split == split and i.relpath not in captions]
+    if not any(todo.values()):
+        return
+    device = caption_device(spec)
+    if spec.world_size > 1:
+        print(f"note: ground-truth label maps need only captions; they run on {device}",
+              file=sys.stderr)
+    dtype = PRECISIONS[config.encode.precision] if device.type == "cuda" else torch.float32
+    captioner = BlipCaptioner.from_config(config.captioning, device=device, dtype=dtype)
+    for split, items in todo.items():
+        if items:
+            caption_split(captioner, split, items, preparer, config)
+
+
+def encode_predicted(preparer: Preparer, config: Config, spec: DeviceSpec) -> bool:
+    """Run the encoder job on each split folder, as process_input.py would; False on rank > 0."""
+    for split in SPLITS:
+        input_dir = preparer.split_dir("original_images", split)
+        output_dir = preparer.split_dir("segmented_images", split)
+        if not input_dir.is_dir():
+            continue
+        plan = plan_encode(input_dir, output_dir)
+        for relpath, reason in plan.failures.items():
+            preparer.fail(split, relpath, reason)
+        if not plan.todo:
+            if is_global_zero() and any(output_dir.glob(PARTIAL_PATTERN)):
+                merge_captions(output_dir)
+            continue
+        result = run_encode(plan, config, spec, output_dir)
+        for relpath, reason in result.failures.items():
+            preparer.fail(split, relpath, reason)
+        preparer.counts[split].label_maps += result.encoded
+        preparer.counts[split].captions += result.encoded
+    return is_global_zero()
+
+
+def source_settings(args: argparse.Namespace, source_dir: Path, label_source: str) -> dict:
+    """The settings that decide what the layout contains."""
+    settings = {"source": "voc" if args.voc_root else "folder", "source_dir": str(source_dir),
+                "label_source": label_source, "seed": args.seed}
+    if args.voc_root:
+        settings["val_fraction"] = args.val_fraction
+        if label_source == "gt":
+            settings["void"] = args.void
+    else:
+        settings["split_fractions"] = list(args.split_fractions)
+    return settings
+
+
+def check_manifest(data_root: Path, settings: dict) -> None:
+    """Refuse to mix layouts: an earlier run into ``data_root`` must have used the same settings."""
+    previous = read_json(data_root / MANIFEST_FILE)
+    if previous is None or previous == settings:
+        return
+    changes = ", ".join(f"{key} {previous.get(key)!r} -> {settings.get(key)!r}"
+                        for key in sorted(set(previous) | set(settings))
+                        if previous.get(key) != settings.get(key))
+    raise ValueError(f"{data_root} was prepared with other settings ({changes}); use another "
+                     f"--data_root, or delete that one to rebuild it")
+
+
+def report(plan: SourcePlan, preparer: Preparer, data_root: Path) -> int:
+    """Print one line per failed file and a summary per split; the exit status."""
+    failures = {**plan.failures, **preparer.failures}
+    for name in sorted(failures):
+        print(f"error: {name}: {failures[name]}", file=sys.stderr)
+    for name in plan.ignored:
+        print(f"skipped: {name}: not an image file (by its extension)", file=sys.stderr)
+    for split, counts in preparer.counts.items():
+        print(f"{split}: images {counts.images} (this run: linked {counts.linked}, "
+              f"label maps {counts.label_maps}, captions {counts.captions})")
+    print(f"failed {len(failures)}, ignored {len(plan.ignored)} -> {data_root}")
+    return 1 if failures else 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m models.prepare_data", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--voc_root", help="extracted VOC 2012: VOC2012/, VOCdevkit/ or its parent")
+    source.add_argument("--image_dir", help="a plain folder of images (searched recursively)")
+    parser.add_argument("--data_root", default="data", help="where the layout is built")
+    parser.add_argument("--label_source", choices=("auto", "gt", "predicted"), default="auto",
+                        help="label maps from VOC's ground truth or predicted by the encoder; "
+                             "auto: gt for --voc_root, predicted for --image_dir")
+    parser.add_argument("--void", choices=tuple(VOID_CHOICES), default="background",
+                        help="ground truth: void/boundary pixels (255) become background (0) or stay 255")
+    parser.add_argument("--val_fraction", type=float, default=0.1,
+                        help="VOC: share of train.txt held out as val (test is VOC's val.txt)")
+    parser.add_argument("--split_fractions", type=float, nargs=3, default=[0.8, 0.1, 0.1],
+                        metavar=("TRAIN", "VAL", "TEST"), help="plain folder: split fractions")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    parser.add_argument("--link", choices=LINK_MODES, default="hard",
+                        help="how images enter the layout; hard falls back to copy across file systems")
+    parser.add_argument("--config_path", default=str(DEFAULT_CONFIG_PATH), help="YAML config")
+    parser.add_argument("--segmentation_ckpt", default=None,
+                        help="DeepLabV3+ checkpoint (overrides segmentation.checkpoint)")
+    parser.add_argument("--batch_size", type=int, default=None, help="overrides encode.batch_size")
+    parser.add_argument("--max_pixels", type=int, default=None, help="overrides encode.max_pixels")
+    parser.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="set any config value, e.g. --override captioning.num_beams=1")
+    add_device_arguments(parser, gpu_flag="--gpus")
+    return parser.parse_args(argv)
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """Config overrides from the dedicated flags, then the generic ones."""
+    overrides = []
+    if args.segmentation_ckpt is not None:
+        overrides.append(f"segmentation.checkpoint={Path(args.segmentation_ckpt).resolve()}")
+    if args.batch_size is not None:
+        overrides.append(f"encode.batch_size={args.batch_size}")
+    if args.max_pixels is not None:
+        overrides.append(f"encode.max_pixels={args.max_pixels}")
+    return overrides + args.override
+
+
+def resolve_source(args: argparse.Namespace) -> tuple[Path, str, SourcePlan]:
+    """The source folder, the label source and the split plan; bad flags raise ValueError."""
+    label_source = args.label_source
+    if args.voc_root:
+        if not 0 <= args.val_fraction < 1:
+            raise ValueError(f"--val_fraction must be in [0, 1), got {args.val_fraction}")
+        label_source = "gt" if label_source == "auto" else label_source
+        source_dir = find_voc_root(Path(args.voc_root)).resolve()
+        return source_dir, label_source, voc_plan(source_dir, args.val_fraction, args.seed,
+                                                  with_masks=label_source == "gt")
+    if label_source == "gt":
+        raise ValueError("--label_source gt needs --voc_root: a plain folder has no ground truth")
+    source_dir = Path(args.image_dir).resolve()
+    if not source_dir.is_dir():
+        raise ValueError(f"--image_dir {args.image_dir} is not a folder")
+    plan = folder_plan(source_dir, check_fractions(args.split_fractions), args.seed)
+    return source_dir, "predicted", plan
+
+
+def check_data_root(source_dir: Path, data_root: Path) -> None:
+    """The layout may not live inside the source, nor the source inside the layout's folders."""
+    if source_dir == data_root.resolve() or source_dir in data_root.resolve().parents:
+        raise ValueError(f"--data_root {data_root} is inside the source {source_dir}; choose a "
+                         f"folder outside it so that the source is never touched")
+    for folder in ("original_images", "segmented_images"):
+        if (data_root / folder).resolve() in (source_dir, *source_dir.parents):
+            raise ValueError(f"the source {source_dir} is inside {data_root / folder}, which this "
+                             f"command writes; move it or choose another --data_root")
+
+
+def prepare(args: argparse.Namespace) -> int:
+    """Check everything, place the images, make label maps and captions, report."""
+    data_root = Path(args.data_root)
+    try:
+        source_dir, label_source, plan = resolve_source(args)
+        check_data_root(source_dir, data_root)
+        if not plan.items:
+            raise ValueError(f"found no images to prepare in {source_dir}")
+        settings = source_settings(args, source_dir, label_source)
+        check_manifest(data_root, settings)
+        config = load_config(args.config_path, config_overrides(args))
+        spec = resolve_devices(args)
+    except (ValueError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    rank_zero = is_global_zero()
+    for warning in plan.warnings if rank_zero else ():
+        print(f"warning: {warning}", file=sys.stderr)
+    plan.failures.update(find_split_conflicts(plan.items, data_root))
+    items = [item for item in plan.items if str(item.image) not in plan.failures]
+    preparer = Preparer(data_root, args.link, config.encode.max_pixels,
+                        args.void if label_source == "gt" else None)
+    placed = [item for item in tqdm(items, desc="images", unit="image", disable=not rank_zero)
+              if preparer.place(item)]
+    if rank_zero:
+        if read_json(data_root / MANIFEST_FILE) is None:
+            atomic_write_json(data_root / MANIFEST_FILE, settings)
+        if preparer.copied_instead:
+            print("note: hard links were not possible for some files; they were copied", file=sys.stderr)
+    try:
+        if label_source == "gt":
+            caption_ground_truth(placed, preparer, config, spec)
+        elif not encode_predicted(preparer, config, spec):
+            return 0
+    except (CheckpointError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return report(plan, preparer, data_root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return prepare(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
