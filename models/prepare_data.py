@@ -136,11 +136,11 @@ def voc_plan(voc_root: Path, val_fraction: float, seed: int, with_masks: bool) -
     lists = voc_root / "ImageSets" / "Segmentation"
     train_ids, test_ids = read_id_list(lists / "train.txt"), read_id_list(lists / "val.txt")
     plan = SourcePlan()
-    both = sorted(set(train_ids) & set(test_ids))
+    both = set(train_ids) & set(test_ids)
     if both:  # a held-out image must never be trained on
-        plan.warnings.append(f"{len(both)} ids are in both train.txt and val.txt (e.g. {both[0]}); "
-                             f"they go to test only")
-    splits = assign_splits([i for i in train_ids if i not in set(both)],
+        plan.warnings.append(f"{len(both)} ids are in both train.txt and val.txt (e.g. "
+                             f"{min(both)}); they go to test only")
+    splits = assign_splits([i for i in train_ids if i not in both],
                            (1 - val_fraction, val_fraction, 0.0), seed)
     splits["test"] = sorted(test_ids)
     for split in SPLITS:
