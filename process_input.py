@@ -2,10 +2,12 @@
 
     python process_input.py --input_dir data/original_images --output_dir data/segmented_images
 
-For every image under --input_dir (recursively, subfolders mirrored) this writes a label map as
-a palette PNG at the same relative path with a .png extension, and one prompts.json that maps
-each image's path relative to --input_dir to its caption. Finished images are skipped on a
-re-run unless --overwrite is given. Bad files are reported one line each; the others are still
+For every image under --input_dir (recursively, subfolders mirrored) this writes, at the same
+relative path, a .sem file (label map + caption + optional seed in our compact format, see
+docs/bitstream.md; --grid G codes the map on a G-cell grid) and, for training, a label map as a
+palette PNG with a .png extension plus one prompts.json that maps each image's path relative to
+--input_dir to its caption (--format chooses: both, sem or png). Finished images (every
+requested output present) are skipped on a re-run unless --overwrite is given. Bad files are reported one line each; the others are still
 encoded, and the exit status is 1 if anything failed.
 """
 
@@ -16,7 +18,8 @@ import sys
 from pathlib import Path
 
 from models.config import ConfigError, DEFAULT_CONFIG_PATH, load_config
-from models.encode_job import PARTIAL_PATTERN, merge_captions, plan_encode, report, run_encode
+from models.encode_job import (OUTPUT_FORMATS, PARTIAL_PATTERN, OutputSpec, merge_captions,
+                               plan_encode, report, run_encode)
 from models.imageio import check_output_not_inside_input
 from models.runtime import add_device_arguments, is_global_zero, resolve_devices
 from models.segmentation import CheckpointError
@@ -39,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--allow_pickle", action="store_true",
                         help="load a legacy segmentation checkpoint that needs pickle (trusted files only)")
     parser.add_argument("--overwrite", action="store_true", help="re-encode images already done")
+    parser.add_argument("--format", default="both", choices=OUTPUT_FORMATS,
+                        help="outputs: .sem files, palette PNGs + prompts.json, or both")
+    parser.add_argument("--grid", type=int, default=None,
+                        help=".sem compact mode: map on a grid of G cells on the long side "
+                             "(default: lossless)")
+    parser.add_argument("--seed", type=int, default=None, help="decoding seed stored in .sem files")
     parser.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="set any config value, e.g. --override segmentation.output_stride=8")
     add_device_arguments(parser, gpu_flag="--gpus")
@@ -68,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         check_output_not_inside_input(input_dir, output_dir)
         config = load_config(args.config_path, config_overrides(args))
         spec = resolve_devices(args)
+        outputs = OutputSpec(format=args.format, grid=args.grid, seed=args.seed)
     except (ValueError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    plan = plan_encode(input_dir, output_dir, overwrite=args.overwrite)
+    plan = plan_encode(input_dir, output_dir, overwrite=args.overwrite, outputs=outputs)
     if not plan.todo:
         if not is_global_zero():
             return 0
@@ -79,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             merge_captions(output_dir)
         return report(plan, None, output_dir)
     try:
-        result = run_encode(plan, config, spec, output_dir)
+        result = run_encode(plan, config, spec, output_dir, outputs=outputs)
     except (CheckpointError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

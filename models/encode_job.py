@@ -2,11 +2,15 @@
 
 Layout written under the output folder:
 
+- ``<relative path>.sem``: the label map, caption and seed of each input image in our compact
+  file format (``models.bitstream``, ``docs/bitstream.md``); its size is the rate we report;
 - ``<relative path>.png``: the label map of each input image, a palette PNG (pixel = class id);
 - ``prompts.json``: ``{relative input path: caption}`` for every encoded image.
 
-The job is resumable: an image counts as done when its label map exists and its caption is
-recorded, and done images are skipped unless ``overwrite`` is set. While the job runs, each
+``OutputSpec.format`` chooses the outputs: ``both`` (default), ``sem`` (only ``.sem`` files) or
+``png`` (only the training layout, PNG + ``prompts.json``). The job is resumable: an image counts
+as done when every requested output exists (its ``.sem`` file; its label map and its recorded
+caption), and done images are skipped unless ``overwrite`` is set. While the job runs, each
 process appends its captions to ``.prompts.rank<R>.jsonl`` right after writing the label map;
 at the end rank 0 merges those into ``prompts.json`` (an interrupted job's leftovers are merged
 by the next run). Every process plans from the same file listing, so the work is split without
@@ -26,20 +30,60 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
+from models.bitstream import write_sem
 from models.config import Config
 from models.encoder import PRECISIONS, SemanticEncoder
 from models.imageio import (ImageReadError, InputFile, atomic_save_image, atomic_write_json,
                             is_image_name, read_json, read_rgb, walk_files)
 from models.palettes import label_map_to_pil
 from models.runtime import DeviceSpec, prediction_trainer
+from models.semantic_code import SemanticCode
 
 PROMPTS_FILE = "prompts.json"
 PARTIAL_PATTERN = ".prompts.rank*.jsonl"
+OUTPUT_FORMATS = ("both", "sem", "png")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Which files the job writes for each image, and how ``.sem`` files are coded."""
+
+    format: str = "both"  # "both", "sem" (.sem files only) or "png" (PNG + prompts.json only)
+    grid: int | None = None  # .sem compact mode: grid cells on the long side; None: lossless
+    seed: int | None = None  # decoding seed stored in every .sem file
+
+    def __post_init__(self) -> None:
+        if self.format not in OUTPUT_FORMATS:
+            raise ValueError(f"unknown output format {self.format!r}; choose one of {OUTPUT_FORMATS}")
+        if self.grid is not None and self.grid < 1:
+            raise ValueError(f"--grid must be at least 1, got {self.grid}")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise ValueError(f"--seed must be in 0..2^64-1, got {self.seed}")
+
+    @property
+    def writes_sem(self) -> bool:
+        return self.format in ("both", "sem")
+
+    @property
+    def writes_png(self) -> bool:
+        return self.format in ("both", "png")
 
 
 def label_map_path(output_dir: Path, relpath: str) -> Path:
     """Where the label map of the input at ``relpath`` goes."""
     return (output_dir / relpath).with_suffix(".png")
+
+
+def sem_path(output_dir: Path, relpath: str) -> Path:
+    """Where the ``.sem`` file of the input at ``relpath`` goes."""
+    return (output_dir / relpath).with_suffix(".sem")
+
+
+def is_done(relpath: str, output_dir: Path, outputs: OutputSpec, captions: dict[str, str]) -> bool:
+    """Whether every output that ``outputs`` asks for exists for this input."""
+    png_done = relpath in captions and label_map_path(output_dir, relpath).exists()
+    return ((not outputs.writes_png or png_done)
+            and (not outputs.writes_sem or sem_path(output_dir, relpath).exists()))
 
 
 @dataclass
@@ -65,10 +109,11 @@ def read_captions(output_dir: Path) -> dict[str, str]:
     return captions
 
 
-def plan_encode(input_dir: Path, output_dir: Path, overwrite: bool = False) -> EncodePlan:
+def plan_encode(input_dir: Path, output_dir: Path, overwrite: bool = False,
+                outputs: OutputSpec = OutputSpec()) -> EncodePlan:
     """Sort the files under ``input_dir`` into to-do, done, ignored and failed."""
     plan = EncodePlan()
-    captions = {} if overwrite else read_captions(output_dir)
+    captions = {} if overwrite or not outputs.writes_png else read_captions(output_dir)
     claimed: dict[Path, str] = {}
     for item in walk_files(input_dir):
         if not is_image_name(item.relpath):
@@ -81,7 +126,7 @@ def plan_encode(input_dir: Path, output_dir: Path, overwrite: bool = False) -> E
                 f"(same name, different extension); rename one of them")
             continue
         claimed[target] = item.relpath
-        if item.relpath in captions and target.exists():
+        if not overwrite and is_done(item.relpath, output_dir, outputs, captions):
             plan.done.append(item.relpath)
         else:
             plan.todo.append(item)
@@ -133,11 +178,12 @@ class EncodeModule(pl.LightningModule):
 
 
 class EncodeWriter(BasePredictionWriter):
-    """Writes label maps and appends captions as soon as a batch is done."""
+    """Writes .sem files and/or label maps and captions as soon as a batch is done."""
 
-    def __init__(self, output_dir: Path):
+    def __init__(self, output_dir: Path, outputs: OutputSpec = OutputSpec()):
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
+        self.outputs = outputs
         self.failures: dict[str, str] = {}
         self.encoded = 0
 
@@ -149,10 +195,19 @@ class EncodeWriter(BasePredictionWriter):
                 self.failures[record["relpath"]] = record["error"]
                 continue
             code = record["code"]
-            atomic_save_image(label_map_to_pil(code.label_map),
-                              label_map_path(self.output_dir, record["relpath"]))
-            lines.append(json.dumps({"image": record["relpath"], "caption": code.caption},
-                                    ensure_ascii=False))
+            if self.outputs.writes_sem:
+                try:
+                    write_sem(sem_path(self.output_dir, record["relpath"]),
+                              SemanticCode(code.label_map, code.caption, self.outputs.seed),
+                              grid=self.outputs.grid)
+                except ValueError as error:  # e.g. a map larger than the format allows
+                    self.failures[record["relpath"]] = f"cannot write its .sem file ({error})"
+                    continue
+            if self.outputs.writes_png:
+                atomic_save_image(label_map_to_pil(code.label_map),
+                                  label_map_path(self.output_dir, record["relpath"]))
+                lines.append(json.dumps({"image": record["relpath"], "caption": code.caption},
+                                        ensure_ascii=False))
             self.encoded += 1
         self._append(trainer.global_rank, lines)
 
@@ -188,20 +243,20 @@ class EncodeResult:
 
 
 def run_encode(plan: EncodePlan, config: Config, spec: DeviceSpec, output_dir: Path,
-               progress_bar: bool = True) -> EncodeResult:
+               progress_bar: bool = True, outputs: OutputSpec = OutputSpec()) -> EncodeResult:
     """Encode ``plan.todo`` on the devices in ``spec``; failures of all processes are gathered."""
     output_dir.mkdir(parents=True, exist_ok=True)
     items: list[InputFile | None] = list(plan.todo)
     items += [None] * max(0, spec.world_size - len(items))
     loader = DataLoader(ImageFiles(items, config.encode.max_pixels), batch_size=config.encode.batch_size,
                         num_workers=config.encode.num_workers, collate_fn=list, shuffle=False)
-    writer = EncodeWriter(output_dir)
+    writer = EncodeWriter(output_dir, outputs)
     trainer = prediction_trainer(spec, callbacks=[writer], progress_bar=progress_bar)
     module = EncodeModule(SemanticEncoder.from_config(config), config.encode.precision)
     trainer.predict(module, dataloaders=loader, return_predictions=False)
     failures = _gather(trainer, writer.failures)
     encoded = sum(_gather(trainer, {"n": writer.encoded}, combine=_sum_counts).values())
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and outputs.writes_png:
         merge_captions(output_dir)
     trainer.strategy.barrier()
     return EncodeResult(encoded=encoded, failures=failures, is_global_zero=trainer.is_global_zero)

@@ -1,0 +1,152 @@
+"""The .sem format: exact round trips, the rates the issue asks for, the upsampling rule."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from models import bitstream
+from models.bitstream import (decode_caption, decode_code, encode_caption, encode_code,
+                              grid_shape, inspect_code, read_sem, upsample_label_map, write_sem)
+from models.palettes import VOID_LABEL
+from models.semantic_code import SemanticCode
+from tests.conftest import DATA, VOC_MASKS
+
+CAPTIONS = (DATA / "captions.txt").read_text(encoding="utf-8").splitlines()
+GOLDEN = DATA / "bitstream"
+
+
+@pytest.fixture(scope="module")
+def masks() -> dict[str, np.ndarray]:
+    return {p.stem: np.array(Image.open(p)) for p in sorted(VOC_MASKS.glob("*.png"))}
+
+
+def test_lossless_round_trip_is_exact_and_below_the_target_rate(masks):
+    rates = []
+    for label_map in masks.values():
+        data = encode_code(SemanticCode(label_map, ""))
+        assert np.array_equal(decode_code(data).label_map, label_map)
+        rates.append(inspect_code(data).bits_per_pixel)
+    assert len(rates) == 14
+    assert np.mean(rates) <= 0.035  # whole files, header and CRC included
+
+
+def test_compact_mode_on_a_64_cell_grid(masks):
+    map_bytes, agreement = [], []
+    for label_map in masks.values():
+        data = encode_code(SemanticCode(label_map, ""), grid=64)
+        info = inspect_code(data)
+        assert info.mode == "compact" and max(info.grid_width, info.grid_height) == 64
+        decoded = decode_code(data).label_map
+        assert decoded.shape == label_map.shape
+        valid = label_map != VOID_LABEL
+        agreement.append(np.mean(decoded[valid] == label_map[valid]))
+        map_bytes.append(info.map_bytes)
+    assert np.mean(map_bytes) <= 120
+    assert np.mean(agreement) >= 0.96
+
+
+def test_captions_are_small_and_exact():
+    assert len(CAPTIONS) == 20
+    sizes = []
+    for caption in CAPTIONS:
+        coder, payload = encode_caption(caption)
+        assert coder == bitstream.CAPTION_WORDS
+        assert decode_caption(coder, payload) == caption
+        sizes.append(len(payload))
+    assert np.median(sizes) <= 24
+    assert np.median(sizes) < np.median([len(c.encode()) for c in CAPTIONS]) / 2
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=60))
+def test_any_unicode_caption_round_trips(caption):
+    coder, payload = encode_caption(caption)
+    assert decode_caption(coder, payload) == caption
+    assert len(payload) <= len(caption.encode("utf-8"))  # never worse than UTF-8
+    words = bitstream.encode_caption_words(caption)  # the escape path, even when it is larger
+    assert bitstream.decode_caption_words(words) == caption
+
+
+def test_word_model_is_the_one_the_format_names():
+    assert bitstream.vocabulary_fingerprint() == bitstream.WORD_MODEL_FINGERPRINT
+    assert bitstream.word_model_available()
+
+
+@pytest.mark.parametrize("seed", [None, 0, 1234, 2**64 - 1])
+def test_caption_and_seed_travel_with_the_map(masks, seed):
+    code = SemanticCode(masks["2007_000032"], "Arafed man, riding a horse 🐎 on the beach.", seed)
+    back = decode_code(encode_code(code))
+    assert back.caption == code.caption and back.seed == seed
+    assert np.array_equal(back.label_map, code.label_map)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 37), (29, 1), (2, 3), (17, 300)])
+def test_small_and_thin_maps(shape):
+    rng = np.random.default_rng(sum(shape))
+    label_map = rng.choice(np.array([0, 3, 15, 255], np.uint8), size=shape)
+    for grid in (None, 1, 4):
+        back = decode_code(encode_code(SemanticCode(label_map, "x"), grid=grid)).label_map
+        assert back.shape == shape
+        if grid is None:
+            assert np.array_equal(back, label_map)
+
+
+def test_any_uint8_labels_use_the_generic_label_set():
+    label_map = np.random.default_rng(0).integers(0, 256, size=(40, 50), dtype=np.uint8)
+    data = encode_code(SemanticCode(label_map, ""))
+    assert inspect_code(data).label_set == "uint8"
+    assert np.array_equal(decode_code(data).label_map, label_map)
+    with pytest.raises(ValueError, match="not all VOC ids"):
+        encode_code(SemanticCode(label_map, ""), label_set="voc")
+
+
+def test_a_single_label_map_has_no_map_data():
+    data = encode_code(SemanticCode(np.full((375, 500), 7, np.uint8), ""))
+    assert inspect_code(data).map_bytes == 0 and len(data) <= 16
+    assert np.all(decode_code(data).label_map == 7)
+
+
+def test_upsampling_is_a_bilinear_vote_with_the_documented_tie_break():
+    grid_map = np.array([[1, 2]], dtype=np.uint8)
+    # Pixel centres at 1/8, 3/8, 5/8, 7/8 of the width: the two middle ones are weighted 3:1.
+    assert upsample_label_map(grid_map, 4, 1).tolist() == [[1, 1, 2, 2]]
+    # Three pixels: the middle one lies exactly between the cells; the left cell wins the tie.
+    assert upsample_label_map(grid_map, 3, 1).tolist() == [[1, 1, 2]]
+    # Pixel (3, 4) of 8x8 lies in the cell of the 2, but the three 1s around it outvote it.
+    corner = upsample_label_map(np.array([[1, 2], [1, 1]], dtype=np.uint8), 8, 8)
+    assert corner[3, 4] == 1 and corner[0, 7] == 2 and corner[2, 6] == 2
+    label_map = np.random.default_rng(1).integers(0, 5, size=(7, 9), dtype=np.uint8)
+    assert np.array_equal(upsample_label_map(label_map, 9, 7), label_map)  # same size: identity
+
+
+@pytest.mark.parametrize("width, height, grid, expected", [
+    (500, 375, 64, (64, 48)), (375, 500, 64, (48, 64)), (500, 1, 64, (64, 1)),
+    (10, 8, 64, (10, 8)), (1000, 10, 32, (32, 1)),
+])
+def test_grid_shape(width, height, grid, expected):
+    assert grid_shape(width, height, grid) == expected
+
+
+def test_golden_files_pin_format_version_1(masks):
+    """Changing these bytes changes the format: bump VERSION and document it instead."""
+    label_map = masks["2007_000032"]
+    code = SemanticCode(label_map, "a man riding a horse on a beach", seed=42)
+    for name, grid in (("lossless", None), ("compact64", 64)):
+        golden = (GOLDEN / f"2007_000032-{name}.sem").read_bytes()
+        assert encode_code(code, grid=grid) == golden
+        decoded = decode_code(golden)
+        assert decoded.caption == code.caption and decoded.seed == 42
+    assert np.array_equal(decode_code((GOLDEN / "2007_000032-lossless.sem").read_bytes()).label_map,
+                          label_map)
+
+
+def test_write_and_read_sem_files(tmp_path, masks):
+    code = SemanticCode(masks["2007_000039"], "a television on a table", seed=3)
+    path = tmp_path / "deep" / "image.sem"
+    size = write_sem(path, code)
+    assert path.stat().st_size == size
+    assert [p.name for p in path.parent.iterdir()] == ["image.sem"]  # no temporary leftovers
+    back = read_sem(path)
+    assert np.array_equal(back.label_map, code.label_map) and back.caption == code.caption

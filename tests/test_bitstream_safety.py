@@ -1,0 +1,126 @@
+"""Bad .sem files: every one raises BitstreamError with a clear message, quickly."""
+
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from models import bitstream
+from models.bitstream import BitstreamError, decode_code, encode_code, inspect_code
+from models.semantic_code import SemanticCode
+
+
+def small_file(grid=None) -> bytes:
+    """A real file small enough to mutate exhaustively: two regions, void, a caption, a seed."""
+    label_map = np.zeros((12, 20), dtype=np.uint8)
+    label_map[3:9, 5:14] = 15
+    label_map[2, 4:15] = 255
+    return encode_code(SemanticCode(label_map, "a person in a room", seed=9), grid=grid)
+
+
+def with_crc(body: bytes) -> bytes:
+    """A hostile file: arbitrary content with a valid integrity check."""
+    return body + zlib.crc32(body).to_bytes(4, "big")
+
+
+def header(width: int, height: int, labels=(0, 15), flags: int = 0, grid: int | None = None) -> bytes:
+    sizes = bitstream._varint(width) + bitstream._varint(height)
+    sizes += bitstream._varint(grid) if grid is not None else b""
+    return b"SEM\x01" + bytes([flags]) + sizes + bytes([len(labels) - 1, *labels])
+
+
+def test_wrong_magic_and_unknown_version():
+    data = small_file()
+    with pytest.raises(BitstreamError, match="not a .sem file"):
+        decode_code(b"\x89PNG" + data[4:])
+    with pytest.raises(BitstreamError, match="unknown format version 2"):
+        decode_code(data[:3] + b"\x02" + data[4:])
+    with pytest.raises(BitstreamError, match="not a .sem file"):
+        decode_code(b"")
+
+
+def test_every_truncation_is_refused():
+    data = small_file()
+    for length in range(len(data)):
+        with pytest.raises(BitstreamError):
+            decode_code(data[:length])
+
+
+@pytest.mark.parametrize("grid", [None, 8])
+def test_every_single_bit_flip_is_caught(grid):
+    data = small_file(grid)
+    for position in range(len(data) * 8):
+        flipped = bytearray(data)
+        flipped[position // 8] ^= 1 << (position % 8)
+        with pytest.raises(BitstreamError):
+            decode_code(bytes(flipped))
+
+
+@pytest.mark.parametrize("body, message", [
+    (header(bitstream.MAX_SIDE + 1, 10), "invalid width"),
+    (header(10, 0), "invalid height"),
+    (header(60_000, 60_000), "exceeds"),
+    (header(10, 10, labels=(15, 0)), "invalid label list"),
+    (header(10, 10, labels=(0, 21)), "invalid label list"),
+    (header(10, 10, flags=0xF0), "invalid flags"),
+    (header(10, 10, flags=0x0C), "invalid flags"),
+    (header(10, 10, flags=0x01, grid=0), "invalid grid size 0"),
+    (header(10, 10, flags=0x01, grid=11), "invalid grid size 11"),
+    (header(10, 10, flags=0x04) + b"\x05ab", "truncated file"),
+    (b"SEM\x01\x00" + b"\xff" * 12, "longer than 10 bytes"),
+    (header(10, 10, labels=(3,)) + b"\x01", "map data after a single-label map"),
+    (header(10, 10, flags=0x04) + b"\x02\xff\xfe", "invalid UTF-8"),
+])
+def test_hostile_headers_with_a_valid_crc(body, message):
+    with pytest.raises(BitstreamError, match=message):
+        decode_code(with_crc(body))
+
+
+def test_absurd_sizes_are_refused_before_allocating(monkeypatch):
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("the decoder allocated a map for an absurd size")
+
+    monkeypatch.setattr(bitstream, "_padded", no_allocation)
+    with pytest.raises(BitstreamError, match="exceeds"):
+        decode_code(with_crc(header(65_535, 65_535) + b"\x00" * 8))
+
+
+def test_label_map_data_that_decodes_to_an_impossible_label():
+    # Three labels need a 2-bit escape tree; zero bytes drive the first escape to index 3.
+    with pytest.raises(BitstreamError, match="impossible label"):
+        decode_code(with_crc(header(4, 4, labels=(0, 1, 2)) + b"\x01" + b"\x00" * 15))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_fuzz_mutated_files_with_a_valid_crc(data):
+    """Mutated content that passes the CRC: decoding either works or raises BitstreamError."""
+    original = bytearray(small_file(grid=data.draw(st.sampled_from([None, 6]))))[:-4]
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(original) - 1))
+        action = data.draw(st.sampled_from(["set", "insert", "delete"]))
+        if action == "set":
+            original[position] = data.draw(st.integers(0, 255))
+        elif action == "insert":
+            original.insert(position, data.draw(st.integers(0, 255)))
+        elif len(original) > 1:
+            del original[position]
+    try:
+        code = decode_code(with_crc(bytes(original)))
+    except BitstreamError as error:
+        assert str(error)
+        return
+    info = inspect_code(with_crc(bytes(original)))
+    assert code.label_map.shape == (info.height, info.width)
+    assert set(np.unique(code.label_map)) <= set(info.labels)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64))
+def test_fuzz_random_bytes(data):
+    with pytest.raises(BitstreamError):
+        decode_code(data)
+    with pytest.raises(BitstreamError):
+        decode_code(b"SEM\x01" + data)
