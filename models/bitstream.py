@@ -138,9 +138,12 @@ def _finish(state: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out[:size]
 
 
-def _new_encoder() -> tuple[np.ndarray, np.ndarray]:
+@njit(cache=True)
+def _new_encoder() -> tuple:
     """Encoder state [low, range, cache, cache_size, bytes written, skip first] and buffer."""
-    return np.array([0, 0xFFFFFFFF, 0, 1, 0, 1], dtype=np.int64), np.zeros(256, dtype=np.uint8)
+    state = np.zeros(6, dtype=np.int64)
+    state[1], state[3], state[5] = 0xFFFFFFFF, 1, 1
+    return state, np.zeros(256, dtype=np.uint8)
 
 
 @njit(cache=True)
@@ -181,12 +184,12 @@ def _decode_bit(state: np.ndarray, data: np.ndarray, p1: int) -> int:
 # Logistic domain tables (built with exact decimal arithmetic, identical on every platform)
 # ---------------------------------------------------------------------------------------------
 
-STRETCH_MAX = 3071  # logit domain in units of 1/256: |d| <= 12 nats
+STRETCH_MAX = 3071  # logit domain in units of 1/256: logits up to +-12
 
 
 @functools.cache
 def _logistic_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """squash[d + 3071] = 65536 / (1 + e^(-d/256)); stretch[p] inverts it; reciprocals for counts."""
+    """squash[d + 3071] = 65536 / (1 + e^(-d/256)), its inverse stretch[p], count reciprocals."""
     context = decimal.Context(prec=28, rounding=decimal.ROUND_HALF_EVEN)
     squash = np.empty(2 * STRETCH_MAX + 1, dtype=np.int64)
     for index, d in enumerate(range(-STRETCH_MAX, STRETCH_MAX + 1)):
@@ -238,7 +241,7 @@ def _edge_offset(grid: np.ndarray, row: int, column: int, label: int) -> int:
 
 @njit(cache=True)
 def _candidates(grid: np.ndarray, r: int, c: int, out: np.ndarray) -> int:
-    """The distinct labels of the causal neighbours, in the order W N NE NW WW NN NNE NEE NWW NNW."""
+    """Distinct labels of the causal neighbours, in the order W N NE NW WW NN NNE NEE NWW NNW."""
     count = 0
     for dr, dc in ((0, -1), (-1, 0), (-1, 1), (-1, -1), (0, -2), (-2, 0), (-2, 1), (-1, 2),
                    (-1, -2), (-2, -1)):
@@ -365,8 +368,7 @@ def _code_labels(grid, num_labels, decoding, data, squash, stretch, reciprocal) 
     ctx = np.zeros(NUM_MODELS, dtype=np.int64)
     inputs = np.zeros(NUM_MODELS + 1, dtype=np.int64)
     cands = np.zeros(16, dtype=np.int64)
-    enc = np.array([0, 0xFFFFFFFF, 0, 1, 0, 1], dtype=np.int64)
-    out = np.zeros(1024, dtype=np.uint8)
+    enc, out = _new_encoder()
     dec = _start_decoder(data) if decoding else enc
     for y in range(rows):
         r, run = y + 2, 0
@@ -673,7 +675,10 @@ def _read_character(reader: _BitReader) -> str:
         raise BitstreamError("corrupted caption (invalid UTF-8 lead byte)")
     utf8 = bytearray([lead])
     for _ in range(length - 1):
-        utf8.append(0x80 | reader.symbol(np.full(64, 32768, dtype=np.int64), 6))
+        payload = 0
+        for _ in range(6):
+            payload = 2 * payload + reader.bit(32768)
+        utf8.append(0x80 | payload)
     try:
         return utf8.decode("utf-8")
     except UnicodeDecodeError:
@@ -745,7 +750,7 @@ def decode_caption(coder: int, payload: bytes) -> str:
             raise BitstreamError("corrupted caption (invalid UTF-8)") from None
     if not word_model_available():
         raise BitstreamError("the caption uses the wordfreq English word model, but the installed "
-                             "wordfreq data differs; install wordfreq>=3.0,<4")
+                             "wordfreq data differs; install wordfreq 3.1")
     return decode_caption_words(payload)
 
 
@@ -898,7 +903,8 @@ def _parse(data: bytes) -> tuple[SemInfo, bytes]:
     flags = reader.take(1, "flags")[0]
     caption_coder, set_id = (flags >> 2) & 0x3, flags >> 4
     if set_id not in LABEL_SETS or caption_coder > CAPTION_WORDS:
-        raise BitstreamError(f"invalid flags byte 0x{flags:02x} (unknown label set or caption coder)")
+        raise BitstreamError(f"invalid flags byte 0x{flags:02x} "
+                             f"(unknown label set or caption coder)")
     width = reader.varint("width", 1, MAX_SIDE)
     height = reader.varint("height", 1, MAX_SIDE)
     if width * height > MAX_PIXELS:
@@ -908,11 +914,13 @@ def _parse(data: bytes) -> tuple[SemInfo, bytes]:
     labels = tuple(reader.take(reader.take(1, "label count")[0] + 1, "label list"))
     if any(a >= b for a, b in zip(labels, labels[1:])) or \
             not all(_label_allowed(set_id, label) for label in labels):
-        raise BitstreamError(f"invalid label list {list(labels)} for label set {LABEL_SETS[set_id]}")
+        raise BitstreamError(f"invalid label list {list(labels)} "
+                             f"for label set {LABEL_SETS[set_id]}")
     seed = reader.varint("seed", 0, MAX_SEED) if flags & FLAG_SEED else None
     caption_payload = b""
     if caption_coder != CAPTION_NONE:
-        caption_payload = reader.take(reader.varint("caption length", 1, MAX_CAPTION_BYTES), "caption")
+        length = reader.varint("caption length", 1, MAX_CAPTION_BYTES)
+        caption_payload = reader.take(length, "caption")
     map_payload = data[reader.position: reader.end]
     if len(labels) == 1 and map_payload:
         raise BitstreamError("invalid file (map data after a single-label map)")
@@ -986,7 +994,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     encode.add_argument("--caption", default="", help="caption text")
     encode.add_argument("--seed", type=int, default=None, help="decoding seed to store")
     encode.add_argument("--grid", type=int, default=None,
-                        help="compact mode: grid cells on the long side (default: lossless)")
+                        help="compact mode: grid cells on the long side; None: lossless")
     decode = commands.add_parser("decode", help=".sem -> label map PNG; prints the caption",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     decode.add_argument("input", help="the .sem file")

@@ -54,7 +54,8 @@ class OutputSpec:
 
     def __post_init__(self) -> None:
         if self.format not in OUTPUT_FORMATS:
-            raise ValueError(f"unknown output format {self.format!r}; choose one of {OUTPUT_FORMATS}")
+            raise ValueError(f"unknown output format {self.format!r}; "
+                             f"choose one of {OUTPUT_FORMATS}")
         if self.grid is not None and self.grid < 1:
             raise ValueError(f"--grid must be at least 1, got {self.grid}")
         if self.seed is not None and not 0 <= self.seed < 2**64:

@@ -21,7 +21,8 @@ MASK = VOC_MASKS / "2007_000032.png"
 
 def test_encode_info_decode_round_trip(tmp_path, capsys):
     sem, png = tmp_path / "a.sem", tmp_path / "a.png"
-    assert main(["encode", str(MASK), str(sem), "--caption", "a plane on a runway", "--seed", "5"]) == 0
+    caption = ["--caption", "a plane on a runway"]
+    assert main(["encode", str(MASK), str(sem), *caption, "--seed", "5"]) == 0
     assert main(["info", str(sem)]) == 0
     info = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert info["width"] == 500 and info["height"] == 281 and info["mode"] == "lossless"
@@ -80,7 +81,8 @@ def encode(tiny_config, input_dir, output_dir, *flags):
                                "--output_dir", str(output_dir), "--device", "cpu", *flags])
 
 
-def test_process_input_writes_sem_files_next_to_the_label_maps(tiny_config, photos, tmp_path, capsys):
+def test_process_input_writes_sem_files_next_to_the_label_maps(tiny_config, photos, tmp_path,
+                                                               capsys):
     output_dir = tmp_path / "both"
     assert encode(tiny_config, photos, output_dir, "--seed", "11") == 0
     captions = json.loads((output_dir / PROMPTS_FILE).read_text())
@@ -101,7 +103,8 @@ def test_process_input_writes_sem_files_next_to_the_label_maps(tiny_config, phot
 def test_process_input_sem_only_in_compact_mode(tiny_config, photos, tmp_path, capsys):
     output_dir = tmp_path / "sem"
     assert encode(tiny_config, photos, output_dir, "--format", "sem", "--grid", "16") == 0
-    files = sorted(p.relative_to(output_dir).as_posix() for p in output_dir.rglob("*") if p.is_file())
+    files = sorted(p.relative_to(output_dir).as_posix() for p in output_dir.rglob("*")
+                   if p.is_file())
     assert len(files) == 3 and all(name.endswith(".sem") for name in files)
     for name in files:
         source = Image.open(photos / name.replace(".sem", ".jpg"))

@@ -25,7 +25,8 @@ def with_crc(body: bytes) -> bytes:
     return body + zlib.crc32(body).to_bytes(4, "big")
 
 
-def header(width: int, height: int, labels=(0, 15), flags: int = 0, grid: int | None = None) -> bytes:
+def header(width: int, height: int, labels=(0, 15), flags: int = 0, grid=None) -> bytes:
+    """The fields of a file up to the label list, as a hostile writer would put them."""
     sizes = bitstream._varint(width) + bitstream._varint(height)
     sizes += bitstream._varint(grid) if grid is not None else b""
     return b"SEM\x01" + bytes([flags]) + sizes + bytes([len(labels) - 1, *labels])
