@@ -7,8 +7,9 @@ Layout written under the output folder:
 - ``<relative path>.png``: the label map of each input image, a palette PNG (pixel = class id);
 - ``prompts.json``: ``{relative input path: caption}`` for every encoded image.
 
-``OutputSpec.format`` chooses the outputs: ``both`` (default), ``sem`` (only ``.sem`` files) or
-``png`` (only the training layout, PNG + ``prompts.json``). The job is resumable: an image counts
+``OutputSpec.format`` chooses the outputs: ``png`` (the training layout, PNG + ``prompts.json``;
+the default here, which ``models.prepare_data`` relies on), ``sem`` (only ``.sem`` files) or
+``both`` (what ``process_input.py`` writes by default). The job is resumable: an image counts
 as done when every requested output exists (its ``.sem`` file; its label map and its recorded
 caption), and done images are skipped unless ``overwrite`` is set. While the job runs, each
 process appends its captions to ``.prompts.rank<R>.jsonl`` right after writing the label map;
@@ -48,7 +49,7 @@ OUTPUT_FORMATS = ("both", "sem", "png")
 class OutputSpec:
     """Which files the job writes for each image, and how ``.sem`` files are coded."""
 
-    format: str = "both"  # "both", "sem" (.sem files only) or "png" (PNG + prompts.json only)
+    format: str = "png"  # "png" (PNG + prompts.json), "sem" (.sem files only) or "both"
     grid: int | None = None  # .sem compact mode: grid cells on the long side; None: lossless
     seed: int | None = None  # decoding seed stored in every .sem file
 
