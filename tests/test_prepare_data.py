@@ -163,7 +163,7 @@ def test_predicted_layout_is_what_process_input_writes(tiny_config, tmp_path):
         reference = tmp_path / "reference" / split
         assert process_input.main(["--config_path", str(tiny_config), "--input_dir",
                                    str(data / "original_images" / split), "--output_dir",
-                                   str(reference), "--device", "cpu"]) == 0
+                                   str(reference), "--device", "cpu", "--format", "png"]) == 0
         ours = data / "segmented_images" / split
         assert names(ours, "*") == names(reference, "*")
         for name in names(reference, "*.png"):
