@@ -82,6 +82,32 @@ class DiffusionConfig:
 
 
 @dataclass
+class DecodeConfig:
+    """Batch decoding (process_decoding.py); see docs/decoding.md."""
+
+    num_inference_steps: int = 20  # sampler steps (the original project: 50 DDIM steps)
+    scheduler: str = choice_field("unipc", ("unipc", "ddim", "dpmpp", "euler"))  # the sampler
+    guidance_scale: float = 7.5  # classifier-free guidance; <= 1 turns it off (original: 9)
+    controlnet_conditioning_scale: float = 1.0  # weight of the ControlNet's residuals
+    negative_prompt: str = ""  # text of the unguided half of classifier-free guidance
+    seed: int = 0  # hashed with each image's relative path into that image's own noise seed
+    batch_size: int = 4  # images per forward pass; batches are formed globally, in a fixed order
+    resolution: int | None = None  # generation size; null: the ControlNet's own, else diffusion.resolution
+    palette: str | None = choice_field(None, (None, "voc", "ade20k"))  # null: the ControlNet's own
+    control_range: str = choice_field("auto", ("auto", "unit", "signed"))  # [0,1] or [-1,1]; auto: by format
+    keep_aspect: bool | None = None  # false: stretch to a square as the original; null: by format
+    resize_filter: str = choice_field("lanczos", ("lanczos", "bicubic", "bilinear"))  # back to the original size
+    missing_caption: str = choice_field("error", ("error", "empty"))  # "empty": decode with "" and warn
+    precision: str = choice_field("32", ("32", "16", "bf16"))  # on a GPU; --use_fp16 sets "16"
+    attention_slicing: bool = False  # attention in slices: less memory, a little slower
+    vae_slicing: bool = False  # VAE-decode one image of the batch at a time
+    vae_tiling: bool = False  # VAE-decode in overlapping tiles (large images on small cards)
+    cpu_offload: bool = False  # models wait on the CPU; each moves to the GPU while it runs
+    original_config: str | None = path_field("configs/cldm_v15.yaml")  # for original-format files
+    allow_pickle: bool = False  # load checkpoints that weights_only loading refuses (trusted only)
+
+
+@dataclass
 class Config:
     """Every section of a config file."""
 
@@ -89,6 +115,7 @@ class Config:
     captioning: CaptioningConfig = field(default_factory=CaptioningConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict, as written to YAML."""
