@@ -1,0 +1,324 @@
+"""Loading a ControlNet from every format we promise to read, and how it wants its control images.
+
+``--checkpoint_path`` may be (docs/decoding.md has the details):
+
+- ``training``: a Lightning checkpoint written by train.py (``*.ckpt`` whose dict holds a
+  ``semantic_compression`` entry; docs/training.md, the checkpoint contract);
+- ``export``: the folder train.py exports (``save_pretrained`` files plus
+  ``semantic_compression.json``, optionally ``unet_trainable.safetensors``);
+- ``diffusers``: any diffusers ControlNet folder or Hugging Face id (lllyasviel/sd-controlnet-seg);
+- ``original``: a ControlLDM state dict with ``control_model.*`` keys (the original project's
+  ``final.ckpt``, the public ``control_sd15_seg.pth``), or a bare ControlNet state dict.
+
+Original-format files carry weights but no architecture. The architecture of a ControlNet is that
+of its UNet's encoder half, so it is taken from the base UNet (``diffusion.sd_model_path``) and
+the conditioning layers' shapes in the file; diffusers' single-file loader then converts the
+weights offline. A full ControlLDM file also carries its UNet (``model.diffusion_model.*``): that
+UNet is converted too and replaces the base weights, in case training unlocked it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import ControlNetModel, UNet2DConditionModel
+
+from models.config import Config
+from models.control import CONDITIONING_MODES
+
+EXPORT_METADATA = "semantic_compression.json"
+EXPORT_UNET_WEIGHTS = "unet_trainable.safetensors"
+TRAINING_KEY = "semantic_compression"
+ORIGINAL_CONTROL_PREFIX = "control_model."
+ORIGINAL_UNET_PREFIX = "model.diffusion_model."
+# Public ControlNets trained on ADE20K-coloured segmentation maps, recognised by name: they get
+# the ADE20K palette, control images in [0, 1] and the image's aspect ratio by default.
+PUBLIC_ADE20K_CONTROLNETS = ("sd-controlnet-seg", "control_sd15_seg", "control_v11p_sd15_seg")
+FORMATS = ("training", "export", "diffusers", "original")
+
+
+class CheckpointFormatError(ValueError):
+    """--checkpoint_path is missing, of the wrong kind, or does not fit the base model."""
+
+
+@dataclass
+class ControlNetSource:
+    """A loaded ControlNet, what it says about its training, and UNet weights to overlay."""
+
+    controlnet: ControlNetModel
+    format: str  # one of FORMATS
+    path: str
+    metadata: dict[str, Any] = field(default_factory=dict)  # conditioning, palette, num_classes, ...
+    unet_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # diffusers UNet keys
+
+    @property
+    def is_public_ade20k(self) -> bool:
+        """Whether this is one of the public ADE20K segmentation ControlNets (by name)."""
+        return any(name in self.path for name in PUBLIC_ADE20K_CONTROLNETS)
+
+
+def load_controlnet(path: str, base_unet: UNet2DConditionModel, allow_pickle: bool = False) -> ControlNetSource:
+    """Load the ControlNet at ``path`` (any of ``FORMATS``), float32, on the CPU."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return _load_folder(local)
+    if local.is_file():
+        return _load_file(local, base_unet, allow_pickle)
+    if _looks_like_hub_id(path):
+        return _load_diffusers(path)
+    raise CheckpointFormatError(f"{path}: no such file or folder (nor a Hugging Face id)")
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", path) is not None and not path.startswith((".", "/"))
+
+
+def _load_folder(folder: Path) -> ControlNetSource:
+    """An exported folder (with our metadata) or a plain diffusers ControlNet folder."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        hint = " (a Stable Diffusion folder: give its ControlNet, not the base model)" if (
+            folder / "model_index.json").is_file() else ""
+        raise CheckpointFormatError(f"{folder}: not a ControlNet folder, it has no config.json{hint}")
+    class_name = json.loads(config_file.read_text(encoding="utf-8")).get("_class_name")
+    if class_name != "ControlNetModel":
+        raise CheckpointFormatError(f"{folder}: holds a {class_name}, not a ControlNetModel")
+    source = _load_diffusers(str(folder))
+    if (folder / EXPORT_METADATA).is_file():
+        source.format = "export"
+        source.metadata = json.loads((folder / EXPORT_METADATA).read_text(encoding="utf-8"))
+        if (folder / EXPORT_UNET_WEIGHTS).is_file():
+            from safetensors.torch import load_file
+
+            source.unet_weights = load_file(folder / EXPORT_UNET_WEIGHTS)
+    return source
+
+
+def _load_diffusers(name_or_path: str) -> ControlNetSource:
+    try:
+        controlnet = ControlNetModel.from_pretrained(name_or_path, torch_dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise CheckpointFormatError(
+            f"{name_or_path}: cannot load a diffusers ControlNet ({str(error).splitlines()[0]})") from None
+    return ControlNetSource(controlnet=controlnet, format="diffusers", path=name_or_path)
+
+
+def read_state_file(path: Path, allow_pickle: bool = False) -> dict[str, Any]:
+    """A checkpoint file as a dict: safetensors, or torch.load with weights_only unless allowed."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as error:  # safetensors raises its own error type for bad headers
+            raise CheckpointFormatError(f"{path}: not a readable safetensors file ({error})") from None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle, mmap=True)
+    except RuntimeError:  # not a zip archive: legacy files cannot be memory-mapped
+        checkpoint = _torch_load_unmapped(path, allow_pickle)
+    except Exception as error:  # noqa: BLE001 - unpickling raises anything; report one line
+        raise _load_error(path, error, allow_pickle) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointFormatError(f"{path}: holds a {type(checkpoint).__name__}, not a dict of weights")
+    return checkpoint
+
+
+def _torch_load_unmapped(path: Path, allow_pickle: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as error:  # noqa: BLE001
+        raise _load_error(path, error, allow_pickle) from None
+
+
+def _load_error(path: Path, error: Exception, allow_pickle: bool) -> CheckpointFormatError:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    unsupported = [line[line.index("Unsupported"):].split(" was not ", 1)[0] for line in lines
+                   if "Unsupported" in line]
+    if not allow_pickle and unsupported and unsupported[0].startswith("Unsupported global"):
+        return CheckpointFormatError(
+            f"{path}: refused by safe loading, it needs pickle ({unsupported[0]}); if you trust the "
+            f"file, pass --allow_pickle")
+    return CheckpointFormatError(f"{path}: not a readable checkpoint ({(unsupported or lines)[0]})")
+
+
+def _load_file(path: Path, base_unet: UNet2DConditionModel, allow_pickle: bool) -> ControlNetSource:
+    """A training checkpoint or an original-format (ControlLDM) state dict."""
+    checkpoint = read_state_file(path, allow_pickle)
+    if TRAINING_KEY in checkpoint:
+        return _from_training_checkpoint(path, checkpoint)
+    state = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state, dict):
+        raise CheckpointFormatError(f"{path}: its 'state_dict' entry is not a dict of weights")
+    if _is_original_controlnet(state) or "controlnet_cond_embedding.conv_in.weight" in state:
+        return _from_original(path, state, base_unet)
+    raise CheckpointFormatError(f"{path}: not a ControlNet checkpoint: {_describe_keys(checkpoint)}")
+
+
+def _is_original_controlnet(state: dict) -> bool:
+    return any(key.startswith(ORIGINAL_CONTROL_PREFIX) for key in state) or "input_hint_block.0.weight" in state
+
+
+def _describe_keys(checkpoint: dict) -> str:
+    """What the file seems to be instead, for the error message."""
+    keys = list(checkpoint)
+    if "model_state" in checkpoint:
+        return "it has 'model_state' (a DeepLabV3+ segmentation checkpoint?)"
+    state = checkpoint.get("state_dict", checkpoint)
+    if isinstance(state, dict) and any(str(k).startswith(ORIGINAL_UNET_PREFIX) for k in state):
+        return "a Stable Diffusion checkpoint without a ControlNet (use it as diffusion.sd_model_path)"
+    shown = ", ".join(repr(k) for k in keys[:4])
+    return (f"top-level keys {shown}{', ...' if len(keys) > 4 else ''}; expected a training "
+            f"checkpoint ('{TRAINING_KEY}'), or original-format weights ('{ORIGINAL_CONTROL_PREFIX}*')")
+
+
+def _from_training_checkpoint(path: Path, checkpoint: dict) -> ControlNetSource:
+    """Our Lightning checkpoint: ControlNet (EMA copy when present) plus trained UNet weights."""
+    info, state = checkpoint[TRAINING_KEY], checkpoint.get("state_dict", {})
+    if info.get("format_version") != 1:
+        raise CheckpointFormatError(
+            f"{path}: training checkpoint format {info.get('format_version')!r}; this version reads 1")
+    prefix = "controlnet_ema." if any(k.startswith("controlnet_ema.") for k in state) else "controlnet."
+    weights = _strip(state, prefix)
+    if not weights:
+        raise CheckpointFormatError(f"{path}: training checkpoint without '{prefix}*' weights")
+    controlnet = ControlNetModel.from_config(info["controlnet_config"])
+    try:
+        controlnet.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        raise CheckpointFormatError(f"{path}: ControlNet weights do not match its config ({error})") from None
+    config = info.get("config", {})
+    diffusion = config.get("diffusion", {})
+    metadata = {
+        "conditioning": diffusion.get("conditioning"), "palette": diffusion.get("palette"),
+        "num_classes": config.get("segmentation", {}).get("num_classes"),
+        "resolution": diffusion.get("resolution"), "sd_model_path": diffusion.get("sd_model_path"),
+        "ema": prefix == "controlnet_ema.",
+    }
+    return ControlNetSource(controlnet=controlnet.eval(), format="training", path=str(path),
+                            metadata={k: v for k, v in metadata.items() if v is not None},
+                            unet_weights=_strip(state, "unet."))
+
+
+def _strip(state: dict, prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+def _from_original(path: Path, state: dict, base_unet: UNet2DConditionModel) -> ControlNetSource:
+    """Convert original-format weights with diffusers' single-file loader, shaped like ``base_unet``."""
+    conditioning_channels, embedding_channels = _conditioning_shapes(state)
+    with tempfile.TemporaryDirectory() as config_dir:
+        _controlnet_config_like(base_unet, conditioning_channels, embedding_channels).save_config(config_dir)
+        controlnet = _single_file(ControlNetModel, state, config_dir, path, "ControlNet")
+    unet_weights = {}
+    if any(key.startswith(ORIGINAL_UNET_PREFIX) for key in state):
+        with tempfile.TemporaryDirectory() as config_dir:
+            base_unet.save_config(config_dir)
+            unet_weights = _single_file(UNet2DConditionModel, state, config_dir, path, "UNet").state_dict()
+    return ControlNetSource(controlnet=controlnet, format="original", path=str(path),
+                            unet_weights=unet_weights)
+
+
+def _conditioning_shapes(state: dict) -> tuple[int, tuple[int, ...]]:
+    """Control-image channels and conditioning-embedding widths, read from the weights' shapes."""
+    diffusers_keys = "controlnet_cond_embedding.conv_in.weight" in state
+    pattern = (r"controlnet_cond_embedding\.(conv_in|blocks\.(\d+))\.weight" if diffusers_keys
+               else r"(?:control_model\.)?input_hint_block\.(\d+)\.weight")
+    convs = []  # (order, weight) of every conv up to, not including, the last projection
+    for key, weight in state.items():
+        match = re.fullmatch(pattern, key)
+        if match:
+            order = (-1 if match[1] == "conv_in" else int(match[2])) if diffusers_keys else int(match[1])
+            convs.append((order, weight))
+    convs.sort(key=lambda item: item[0])
+    if not diffusers_keys:
+        convs = convs[:-1]  # the last hint conv is the zero-initialised projection (conv_out)
+    if len(convs) < 1 or len(convs) % 2 == 0:
+        raise CheckpointFormatError("unexpected conditioning-embedding layers in the ControlNet weights")
+    widths = [convs[0][1].shape[0]] + [weight.shape[0] for _, weight in convs[2::2]]
+    return int(convs[0][1].shape[1]), tuple(int(width) for width in widths)
+
+
+def _controlnet_config_like(unet: UNet2DConditionModel, conditioning_channels: int,
+                            embedding_channels: tuple[int, ...]) -> ControlNetModel:
+    """An empty (meta-device) ControlNet with ``unet``'s architecture, for its config."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        return ControlNetModel.from_unet(unet, conditioning_channels=conditioning_channels,
+                                         conditioning_embedding_out_channels=embedding_channels,
+                                         load_weights_from_unet=False)
+
+
+def _single_file(model_class: type, state: dict, config_dir: str, path: Path, what: str):
+    """``model_class.from_single_file`` with a local config; failures become one clear line."""
+    try:
+        return model_class.from_single_file(state, config=config_dir).float().eval()
+    except (AttributeError, KeyError, RuntimeError, ValueError, TypeError) as error:
+        raise CheckpointFormatError(
+            f"{path}: its {what} weights do not fit the base model's UNet (diffusion.sd_model_path): "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """How label maps become control images for one ControlNet."""
+
+    mode: str  # "palette" (3 colour channels) or "onehot" (one channel per class)
+    palette: str  # "voc" or "ade20k" (palette mode)
+    num_classes: int  # valid class ids are 0..num_classes-1, plus 255 (void)
+    value_range: str  # "unit": [0, 1] as diffusers feeds; "signed": [-1, 1] as the original project
+    keep_aspect: bool  # False: stretched to a resolution x resolution square (the original project)
+    resolution: int  # generation size: the square's side, or the side of a square of equal area
+
+
+def resolve_control_spec(source: ControlNetSource, config: Config) -> tuple[ControlSpec, str]:
+    """The control-image convention for ``source``: explicit settings, else what the checkpoint says.
+
+    Returns the spec and a one-line note saying where the defaults came from.
+    """
+    decode, meta = config.decode, source.metadata
+    mode, num_classes = _conditioning(source, config)
+    original_project = source.format == "original" and not source.is_public_ade20k
+    palette = decode.palette or meta.get("palette") or (
+        "ade20k" if source.is_public_ade20k else config.diffusion.palette)
+    value_range = decode.control_range if decode.control_range != "auto" else (
+        "signed" if original_project else "unit")
+    keep_aspect = decode.keep_aspect if decode.keep_aspect is not None else not original_project
+    resolution = decode.resolution or meta.get("resolution") or config.diffusion.resolution
+    if resolution % 8:
+        raise ValueError(f"the generation resolution must be a multiple of 8, got {resolution}")
+    spec = ControlSpec(mode, palette, num_classes, value_range, keep_aspect, int(resolution))
+    origin = ("the original project's convention" if original_project else
+              "a public ADE20K segmentation ControlNet" if source.is_public_ade20k else
+              f"the {source.format} checkpoint's settings")
+    return spec, f"control images: {_describe(spec)} (defaults from {origin})"
+
+
+def _conditioning(source: ControlNetSource, config: Config) -> tuple[str, int]:
+    """Rendering mode and class count, checked against the ControlNet's input channels."""
+    channels = int(source.controlnet.config.conditioning_channels)
+    mode = source.metadata.get("conditioning") or ("palette" if channels == 3 else "onehot")
+    if mode not in CONDITIONING_MODES:
+        raise CheckpointFormatError(f"{source.path}: unknown conditioning {mode!r} in its metadata")
+    num_classes = int(source.metadata.get("num_classes") or (
+        channels if mode == "onehot" else config.segmentation.num_classes))
+    expected = 3 if mode == "palette" else num_classes
+    if channels != expected:
+        raise CheckpointFormatError(
+            f"{source.path}: {mode} conditioning needs {expected} control channels, the ControlNet "
+            f"takes {channels}")
+    return mode, num_classes
+
+
+def _describe(spec: ControlSpec) -> str:
+    drawing = f"{spec.palette} palette" if spec.mode == "palette" else f"one-hot, {spec.num_classes} classes"
+    values = "[0, 1]" if spec.value_range == "unit" else "[-1, 1]"
+    shape = (f"aspect kept, about {spec.resolution}^2 pixels" if spec.keep_aspect
+             else f"stretched to {spec.resolution}x{spec.resolution}")
+    return f"{drawing}, values in {values}, {shape}"
