@@ -101,3 +101,12 @@ def prediction_trainer(spec: DeviceSpec, callbacks: list, progress_bar: bool = T
         strategy=spec.strategy, logger=False, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=progress_bar, callbacks=callbacks,
     )
+
+
+def gather_objects(trainer, value) -> list:
+    """Every process's ``value`` (picklable), in rank order, on every process."""
+    if trainer.world_size == 1:
+        return [value]
+    parts: list = [None] * trainer.world_size
+    torch.distributed.all_gather_object(parts, value)
+    return parts

@@ -1,0 +1,378 @@
+"""Decoding a folder of semantic codes: plan, run on every device, record, report.
+
+Inputs: label maps (palette PNGs, as process_input.py writes them) under one folder, and a
+``prompts.json`` mapping each original image's relative path to its caption. Outputs under the
+output folder:
+
+- ``<relative path>.png``: the decoded image, at the label map's (the original image's) size;
+- ``manifest.json``: ``{"settings": ..., "images": {output path: {input, caption, seed, size,
+  generation_size}}, "software": ...}``: everything needed to reproduce each image.
+
+Determinism: every image's noise comes from its own seed, and batches are formed once, over all
+inputs in sorted order, with a fixed batch size; processes then take whole batches. So what is
+computed together never depends on the number of processes, and an image's bytes do not either.
+
+Resuming (``skip_existing``): an image is done when its file exists and the manifest (or a
+per-process ``.manifest.rank<R>.jsonl`` left by an interrupted run) records it under the same
+settings. A batch whose images are all done is skipped; a partly done batch is computed again
+(so that its images come out exactly as in an uninterrupted run) and only its missing images are
+written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import diffusers
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from pytorch_lightning.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+
+from models.config import Config
+from models.decoder import PRECISIONS, ControlNetDecoder, check_label_map, form_batches, image_seed
+from models.imageio import (DEFAULT_MAX_PIXELS, atomic_save_image, atomic_write_json, is_image_name, read_json,
+                            walk_files)
+from models.palettes import label_map_from_pil
+from models.runtime import DeviceSpec, gather_objects, prediction_trainer
+from models.semantic_code import SemanticCode
+
+MANIFEST_FILE = "manifest.json"
+PARTIAL_PATTERN = ".manifest.rank*.jsonl"
+PROMPTS_FILE = "prompts.json"
+
+
+class InputError(Exception):
+    """An input cannot be decoded; ``reason`` says why (the caller names the file)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def read_semantic_code(path: Path, caption: str | None, missing_caption: str = "error") -> SemanticCode:
+    """The semantic code stored at ``path``: a label-map PNG plus ``caption`` (from prompts.json).
+
+    The one place where decoder inputs are read (compact code files plug in here). A missing
+    caption is an error, or the empty caption when ``missing_caption`` is "empty".
+    """
+    if caption is None and missing_caption == "error":
+        raise InputError("no caption for it in the prompts file")
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > DEFAULT_MAX_PIXELS:
+                raise InputError(f"{image.width}x{image.height} label map exceeds {DEFAULT_MAX_PIXELS} pixels")
+            label_map = label_map_from_pil(image)
+    except InputError:
+        raise
+    except ValueError as error:  # a colour image, or 16-bit values beyond 255
+        raise InputError(str(error)) from None
+    except (OSError, SyntaxError, EOFError) as error:
+        raise InputError(f"unreadable label map ({error})") from None
+    return SemanticCode(label_map, caption or "")
+
+
+class Captions:
+    """Captions keyed by the original images' relative paths, found by a label map's path."""
+
+    def __init__(self, prompts: dict[str, str]):
+        self.by_stem: dict[str, list[str]] = {}
+        for key in prompts:
+            self.by_stem.setdefault(_stem(key), []).append(key)
+        self.by_name = {}  # file stem -> keys, for prompts files written without folders
+        for key in prompts:
+            self.by_name.setdefault(PurePosixPath(key).stem, []).append(key)
+        self.prompts = prompts
+
+    def get(self, relpath: str) -> str | None:
+        """The caption for the label map at ``relpath`` (same path and stem), or None."""
+        keys = self.by_stem.get(_stem(relpath)) or self.by_name.get(PurePosixPath(relpath).stem, [])
+        if len(keys) > 1:
+            raise InputError(f"several captions match it ({', '.join(sorted(keys))})")
+        return self.prompts[keys[0]] if keys else None
+
+
+def _stem(relpath: str) -> str:
+    return str(PurePosixPath(relpath).with_suffix(""))
+
+
+def read_prompts(path: Path) -> Captions:
+    """The prompts file: a JSON object {relative image path: caption}; raises ValueError if not."""
+    try:
+        prompts = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if prompts is None:
+        raise ValueError(f"prompts file not found: {path} (give --prompt_json_path, or set "
+                         f"decode.missing_caption=empty to decode without captions)")
+    if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
+        raise ValueError(f"{path}: expected a JSON object {{relative image path: caption}}")
+    return Captions(prompts)
+
+
+@dataclass(frozen=True)
+class DecodeItem:
+    """One input to decode, as planned."""
+
+    relpath: str  # the label map's path relative to the input folder
+    path: Path
+    caption: str
+    seed: int
+    size: tuple[int, int]  # original (width, height)
+    generation_size: tuple[int, int]  # (width, height) generated at
+
+    @property
+    def output_relpath(self) -> str:
+        return str(PurePosixPath(self.relpath).with_suffix(".png"))
+
+    def record(self) -> dict[str, Any]:
+        """This image's manifest entry."""
+        return {"input": self.relpath, "caption": self.caption, "seed": self.seed,
+                "size": list(self.size), "generation_size": list(self.generation_size)}
+
+
+@dataclass
+class DecodePlan:
+    """What a run will do, decided identically by every process before any work starts."""
+
+    batches: list[list[DecodeItem]] = field(default_factory=list)  # every good input, batched
+    done: set[str] = field(default_factory=set)  # output paths finished earlier
+    failures: dict[str, str] = field(default_factory=dict)  # relpath -> reason
+    ignored: list[str] = field(default_factory=list)  # not label-map files
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def todo_batches(self) -> list[list[DecodeItem]]:
+        return [batch for batch in self.batches if any(i.output_relpath not in self.done for i in batch)]
+
+    @property
+    def todo_count(self) -> int:
+        return sum(i.output_relpath not in self.done for batch in self.batches for i in batch)
+
+
+def plan_decode(input_dir: Path, captions: Captions, decoder: ControlNetDecoder, config: Config,
+                skip_files: tuple[Path, ...] = ()) -> DecodePlan:
+    """Read every input under ``input_dir`` once, check it, give it a seed and put it in a batch."""
+    plan, items, claimed = DecodePlan(), [], {}
+    for entry in walk_files(input_dir):
+        if entry.path in skip_files:
+            continue
+        if not is_image_name(entry.relpath):
+            plan.ignored.append(entry.relpath)
+            continue
+        try:
+            item = _plan_item(entry.path, entry.relpath, captions, decoder, config, claimed)
+        except InputError as error:
+            plan.failures[entry.relpath] = error.reason
+            continue
+        if item.caption == "" and captions.get(entry.relpath) is None:
+            plan.warnings.append(f"{entry.relpath}: no caption in the prompts file; decoded with an empty caption")
+        items.append(item)
+    plan.batches = [[items[i] for i in batch]
+                    for batch in form_batches([i.generation_size for i in items], config.decode.batch_size)]
+    return plan
+
+
+def _plan_item(path: Path, relpath: str, captions: Captions, decoder: ControlNetDecoder, config: Config,
+               claimed: dict[str, str]) -> DecodeItem:
+    """One checked input (its label map is read and validated, then dropped)."""
+    output = str(PurePosixPath(relpath).with_suffix(".png"))
+    if output in claimed:
+        raise InputError(f"its output {output} would overwrite the one of {claimed[output]}; rename one")
+    claimed[output] = relpath
+    code = read_semantic_code(path, captions.get(relpath), config.decode.missing_caption)
+    try:
+        check_label_map(code.label_map, decoder.spec.num_classes)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    seed = code.seed if code.seed is not None else image_seed(config.decode.seed, _stem(relpath))
+    return DecodeItem(relpath=relpath, path=path, caption=code.caption, seed=seed,
+                      size=(code.width, code.height), generation_size=decoder.generation_size(code.width, code.height))
+
+
+def run_settings(decoder: ControlNetDecoder, config: Config, precision: str) -> dict[str, Any]:
+    """Everything that decides the pixels of a run (compared when resuming)."""
+    source = decoder.source
+    return {
+        "checkpoint": source.path if source else None, "checkpoint_format": source.format if source else None,
+        "sd_model_path": config.diffusion.sd_model_path, "sampler": asdict(decoder.sampler),
+        "seed": config.decode.seed, "batch_size": config.decode.batch_size,
+        "control": asdict(decoder.spec), "resize_filter": config.decode.resize_filter,
+        "precision": precision, "attention_slicing": config.decode.attention_slicing,
+        "vae_tiling": config.decode.vae_tiling, "vae_slicing": config.decode.vae_slicing,
+    }
+
+
+class SettingsMismatch(ValueError):
+    """The output folder holds images decoded with other settings."""
+
+
+def read_manifest(output_dir: Path) -> dict[str, Any]:
+    """The manifest with any per-process partial records folded in (later records win)."""
+    manifest = read_json(output_dir / MANIFEST_FILE, default=None) or {"settings": None, "images": {}}
+    for partial in sorted(output_dir.glob(PARTIAL_PATTERN)):
+        for line in partial.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                manifest["images"][record.pop("output")] = record
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                continue  # a line cut short by an interruption
+    return manifest
+
+
+def prepare_output(output_dir: Path, settings: dict, skip_existing: bool, is_rank_zero: bool) -> set[str]:
+    """Output paths already done; rank 0 also rewrites the manifest for this run."""
+    manifest = read_manifest(output_dir)
+    if skip_existing and manifest["settings"] not in (None, settings):
+        changed = sorted(k for k in set(settings) | set(manifest["settings"])
+                         if settings.get(k) != manifest["settings"].get(k))
+        raise SettingsMismatch(
+            f"{output_dir} holds images decoded with other settings ({', '.join(changed)} differ); "
+            f"use another --output_dir, or drop --skip_existing to decode everything again")
+    images = {rel: entry for rel, entry in manifest["images"].items()
+              if skip_existing and (output_dir / rel).is_file()}
+    if is_rank_zero:
+        write_manifest(output_dir, settings, images)
+    return set(images)
+
+
+def write_manifest(output_dir: Path, settings: dict, images: dict[str, dict]) -> None:
+    """Write manifest.json atomically and delete the partial records it now contains."""
+    software = {"torch": torch.__version__, "diffusers": diffusers.__version__}
+    atomic_write_json(output_dir / MANIFEST_FILE,
+                      {"settings": settings, "images": dict(sorted(images.items())), "software": software})
+    for partial in output_dir.glob(PARTIAL_PATTERN):
+        partial.unlink()
+
+
+def _only(batches: list) -> Any:
+    return batches[0]
+
+
+class BatchList(Dataset):
+    """The planned batches; each element is one whole batch."""
+
+    def __init__(self, batches: list[list[DecodeItem]]):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> list[DecodeItem]:
+        return self.batches[index]
+
+
+class DecodeModule(pl.LightningModule):
+    """Decodes one planned batch; the decoder is placed on this process's device at the start."""
+
+    def __init__(self, decoder: ControlNetDecoder, precision: str, cpu_offload: bool, done: set[str]):
+        super().__init__()
+        self.decoder = decoder  # not a registered module: placement (or CPU offload) is ours
+        self.precision_name, self.cpu_offload, self.done = precision, cpu_offload, done
+
+    def on_predict_start(self) -> None:
+        self.decoder.place(self.device, PRECISIONS[self.precision_name], self.cpu_offload)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # file names and seeds only; tensors are made in predict_step
+
+    def predict_step(self, batch: list[DecodeItem], batch_idx: int) -> list[dict]:
+        records, good, codes = [], [], []
+        for item in batch:
+            try:
+                codes.append(read_semantic_code(item.path, item.caption, "empty"))
+                good.append(item)
+            except InputError as error:  # the file changed since planning
+                records.append({"item": item, "error": error.reason})
+        images = self.decoder.decode(codes, [item.seed for item in good]) if codes else []
+        records += [{"item": item, "image": image} for item, image in zip(good, images)
+                    if item.output_relpath not in self.done]
+        return records
+
+
+class DecodeWriter(BasePredictionWriter):
+    """Writes each image atomically, then appends its manifest record (per process)."""
+
+    def __init__(self, output_dir: Path):
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.failures: dict[str, str] = {}
+        self.decoded = 0
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
+                           batch_idx, dataloader_idx=0) -> None:
+        lines = []
+        for record in prediction:
+            item = record["item"]
+            if "error" in record:
+                self.failures[item.relpath] = record["error"]
+                continue
+            atomic_save_image(Image.fromarray(record["image"]), self.output_dir / item.output_relpath)
+            lines.append(json.dumps({"output": item.output_relpath, **item.record()}, ensure_ascii=False))
+            self.decoded += 1
+        append_lines(self.output_dir / f".manifest.rank{trainer.global_rank}.jsonl", lines)
+
+
+def append_lines(path: Path, lines: list[str]) -> None:
+    """Append text lines, first ending a line that an interruption left unfinished."""
+    if not lines:
+        return
+    with open(path, "ab") as handle:
+        if handle.tell() > 0:
+            with open(path, "rb") as existing:
+                existing.seek(-1, 2)
+                if existing.read(1) != b"\n":
+                    handle.write(b"\n")
+        handle.write(("\n".join(lines) + "\n").encode("utf-8"))
+
+
+@dataclass
+class DecodeResult:
+    """What all processes did, known on every process."""
+
+    decoded: int
+    failures: dict[str, str]
+    is_global_zero: bool
+
+
+def run_decode(plan: DecodePlan, decoder: ControlNetDecoder, spec: DeviceSpec, output_dir: Path,
+               settings: dict, cpu_offload: bool = False, progress_bar: bool = True) -> DecodeResult:
+    """Decode the batches of ``plan`` that are not done, on every device in ``spec``."""
+    batches: list[list[DecodeItem]] = plan.todo_batches
+    batches += [[] for _ in range(max(0, spec.world_size - len(batches)))]  # every process gets one
+    loader = DataLoader(BatchList(batches), batch_size=1, collate_fn=_only, shuffle=False)
+    writer = DecodeWriter(output_dir)
+    trainer = prediction_trainer(spec, callbacks=[writer], progress_bar=progress_bar)
+    module = DecodeModule(decoder, settings["precision"], cpu_offload, plan.done)
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    parts = gather_objects(trainer, (writer.decoded, writer.failures))
+    failures = {relpath: reason for _, part in parts for relpath, reason in part.items()}
+    if trainer.is_global_zero:
+        manifest = read_manifest(output_dir)
+        write_manifest(output_dir, settings, manifest["images"])
+    trainer.strategy.barrier()
+    return DecodeResult(sum(count for count, _ in parts), failures, trainer.is_global_zero)
+
+
+def report(plan: DecodePlan, result: DecodeResult | None, output_dir: Path) -> int:
+    """One line per failed or skipped file and a summary; the exit status (1 if anything failed)."""
+    failures = dict(plan.failures)
+    if result is not None:
+        failures.update(result.failures)
+    for relpath in sorted(failures):
+        print(f"error: {relpath}: {failures[relpath]}", file=sys.stderr)
+    for relpath in plan.ignored:
+        print(f"skipped: {relpath}: not a label map (by its extension)", file=sys.stderr)
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    decoded = result.decoded if result is not None else 0
+    done = sum(i.output_relpath in plan.done for batch in plan.batches for i in batch)
+    print(f"decoded {decoded}, already done {done}, failed {len(failures)}, "
+          f"ignored {len(plan.ignored)} -> {output_dir}")
+    return 1 if failures else 0
+
