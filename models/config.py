@@ -103,7 +103,6 @@ class DecodeConfig:
     vae_slicing: bool = False  # VAE-decode one image of the batch at a time
     vae_tiling: bool = False  # VAE-decode in overlapping tiles (large images on small cards)
     cpu_offload: bool = False  # models wait on the CPU; each moves to the GPU while it runs
-    original_config: str | None = path_field("configs/cldm_v15.yaml")  # for original-format files
     allow_pickle: bool = False  # load checkpoints that weights_only loading refuses (trusted only)
 
 
