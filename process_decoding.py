@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from models.config import ConfigError, DEFAULT_CONFIG_PATH, load_config
+from models.config import DEFAULT_CONFIG_PATH, ConfigError, DecodeConfig, load_config
 from models.decode_job import (PROMPTS_FILE, Captions, SettingsMismatch, plan_decode, prepare_output,
                                read_prompts, report, run_decode, run_settings)
 from models.decoder import SCHEDULERS, ControlNetDecoder
@@ -45,23 +45,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config_path", default=str(DEFAULT_CONFIG_PATH), help="YAML config")
-    parser.add_argument("--checkpoint_path", default=None,
+    parser.add_argument("--checkpoint_path", default=argparse.SUPPRESS,
                         help="ControlNet: training .ckpt, exported/diffusers folder, hub id or original-format "
                              "file (default: diffusion.controlnet_path)")
     parser.add_argument("--input_path", required=True, help="folder of label maps (searched recursively)")
     parser.add_argument("--output_dir", required=True, help="where decoded images and manifest.json go")
-    parser.add_argument("--prompt_json_path", default=None,
+    parser.add_argument("--prompt_json_path", default=argparse.SUPPRESS,
                         help=f"captions {{relative image path: caption}} (default: <input_path>/{PROMPTS_FILE})")
     parser.add_argument("--use_fp16", action="store_true", help="half precision (GPU only; ignored on the CPU)")
     parser.add_argument("--skip_existing", action="store_true",
                         help="keep images a previous run with the same settings finished")
-    parser.add_argument("--sd_model_path", default=None, help="overrides diffusion.sd_model_path")
-    for flag, (kind, choices, text) in DECODE_FLAGS.items():
-        parser.add_argument(f"--{flag}", type=kind, choices=choices, default=None,
-                            help=f"{text} (overrides decode.{flag})")
-    parser.add_argument("--keep_aspect", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--sd_model_path", default=argparse.SUPPRESS,
+                        help="Stable Diffusion 1.5 folder or hub id (default: diffusion.sd_model_path)")
+    defaults = DecodeConfig()
+    for flag, (kind, choices, text) in DECODE_FLAGS.items():  # absent flags leave the config alone
+        parser.add_argument(f"--{flag}", type=kind, choices=choices, default=argparse.SUPPRESS,
+                            help=f"{text} (default: decode.{flag}, {getattr(defaults, flag)!r} unless configured)")
+    parser.add_argument("--keep_aspect", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                         help="generate at the image's aspect ratio; --no-keep_aspect stretches to a square "
-                             "as the original project (overrides decode.keep_aspect)")
+                             "as the original project (default: decode.keep_aspect; unset: by checkpoint format)")
     for flag in ("attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "allow_pickle"):
         parser.add_argument(f"--{flag}", action="store_true", help=f"sets decode.{flag}")
     parser.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -72,12 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def config_overrides(args: argparse.Namespace) -> list[str]:
     """The config overrides implied by the dedicated flags, then the generic ones."""
-    overrides = [f"decode.{flag}={_yaml_text(getattr(args, flag))}" for flag in DECODE_FLAGS
-                 if getattr(args, flag) is not None]
-    if args.keep_aspect is not None:
+    overrides = [f"decode.{flag}={_yaml_text(getattr(args, flag))}" for flag in DECODE_FLAGS if flag in args]
+    if "keep_aspect" in args:
         overrides.append(f"decode.keep_aspect={str(args.keep_aspect).lower()}")
-    if args.sd_model_path is not None:
-        overrides.append(f"diffusion.sd_model_path={args.sd_model_path}")
+    if "sd_model_path" in args:
+        overrides.append(f"diffusion.sd_model_path={_yaml_text(args.sd_model_path)}")
     if args.use_fp16:
         overrides.append("decode.precision='16'")
     for flag in ("attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "allow_pickle"):
@@ -98,7 +99,7 @@ def setup(args: argparse.Namespace):
     input_dir, output_dir = Path(args.input_path), Path(args.output_dir)
     if not input_dir.is_dir():
         raise ValueError(f"--input_path {input_dir} is not a folder")
-    check_output_not_inside_input(input_dir, output_dir)
+    check_output_not_inside_input(input_dir, output_dir, input_flag="--input_path")
     config = load_config(args.config_path, config_overrides(args))
     spec = resolve_devices(args)
     precision = config.decode.precision
@@ -106,8 +107,9 @@ def setup(args: argparse.Namespace):
         if is_global_zero():
             print(f"warning: precision {precision} is ignored on the CPU; decoding in float32", file=sys.stderr)
         precision = "32"
-    prompts_path = Path(args.prompt_json_path) if args.prompt_json_path else input_dir / PROMPTS_FILE
-    if not prompts_path.exists() and not args.prompt_json_path and config.decode.missing_caption == "empty":
+    given = getattr(args, "prompt_json_path", None)
+    prompts_path = Path(given) if given else input_dir / PROMPTS_FILE
+    if not prompts_path.exists() and not given and config.decode.missing_caption == "empty":
         captions = Captions({})
     else:
         captions = read_prompts(prompts_path)
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         input_dir, output_dir, config, spec, precision, captions, prompts_path = setup(args)
-        decoder = ControlNetDecoder.from_config(config, args.checkpoint_path)
+        decoder = ControlNetDecoder.from_config(config, getattr(args, "checkpoint_path", None))
     except (ValueError, ConfigError, OSError) as error:  # CheckpointFormatError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2

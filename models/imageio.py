@@ -130,12 +130,13 @@ def is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def check_output_not_inside_input(input_dir: str | os.PathLike, output_dir: str | os.PathLike) -> None:
+def check_output_not_inside_input(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
+                                  input_flag: str = "--input_dir") -> None:
     """Refuse an output folder equal to or inside the input folder (it would mix with inputs)."""
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     if output_dir == input_dir or input_dir in output_dir.parents:
         raise ValueError(
-            f"--output_dir {output_dir} is inside --input_dir {input_dir}; choose an output "
+            f"--output_dir {output_dir} is inside {input_flag} {input_dir}; choose an output "
             f"folder outside the input folder so that inputs are never touched"
         )
 

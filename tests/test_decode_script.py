@@ -1,0 +1,163 @@
+"""process_decoding.py end to end with the tiny components: processes, resuming, bad inputs."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import process_decoding
+from models.decode_job import MANIFEST_FILE
+from tests.conftest import REPO, run_script
+from tests.decode_fixtures import label_maps, trained_controlnet  # noqa: F401
+
+
+def decode_args(config, checkpoint, input_dir, output_dir, *extra):
+    return ["--config_path", str(config), "--checkpoint_path", str(checkpoint), "--input_path", str(input_dir),
+            "--output_dir", str(output_dir), "--num_inference_steps", "2", "--batch_size", "2",
+            *map(str, extra)]
+
+
+def outputs(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, as each of two processes gets on two cores (results depend on it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def decoded(tiny_config, trained_controlnet, label_maps, tmp_path_factory):  # noqa: F811
+    """The six label maps decoded by one process with one thread."""
+    output_dir = tmp_path_factory.mktemp("decoded") / "one"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        status = process_decoding.main(decode_args(tiny_config, trained_controlnet, label_maps, output_dir,
+                                                   "--device", "cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    assert status == 0
+    return output_dir
+
+
+def test_one_and_two_processes_write_identical_images_at_the_original_sizes(
+        decoded, tiny_config, trained_controlnet, label_maps, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    result = run_script("process_decoding.py", *decode_args(tiny_config, trained_controlnet, label_maps,
+                                                            tmp_path / "two", "--accelerator", "cpu",
+                                                            "--devices", "2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "decoded 6, already done 0, failed 0" in result.stdout
+    one, two = outputs(decoded), outputs(tmp_path / "two")
+    inputs = sorted(p.relative_to(label_maps).as_posix() for p in label_maps.rglob("*.png"))
+    assert sorted(one) == sorted(two) == inputs  # each exactly once, same relative paths
+    assert all(one[name] == two[name] for name in one)  # byte-identical
+    for name in inputs:
+        assert Image.open(decoded / name).size == Image.open(label_maps / name).size
+    manifests = [json.loads((folder / MANIFEST_FILE).read_text()) for folder in (decoded, tmp_path / "two")]
+    assert manifests[0]["images"] == manifests[1]["images"] and len(manifests[0]["images"]) == 6
+    assert manifests[0]["settings"] == manifests[1]["settings"]
+    assert not list((tmp_path / "two").glob(".manifest.rank*"))
+
+
+def finished(output_dir):
+    """Outputs an interrupted run recorded as finished (a record and the file)."""
+    done = set()
+    for partial in output_dir.glob(".manifest.rank*.jsonl"):
+        for line in partial.read_text().splitlines():
+            try:
+                done.add(json.loads(line)["output"])
+            except (json.JSONDecodeError, KeyError):
+                continue
+    return {name for name in done if (output_dir / name).is_file()}
+
+
+def test_a_killed_run_resumes_without_redoing_or_missing_images(
+        decoded, tiny_config, trained_controlnet, label_maps, tmp_path, one_thread, capsys):  # noqa: F811
+    output_dir = tmp_path / "out"
+    args = decode_args(tiny_config, trained_controlnet, label_maps, output_dir, "--device", "cpu")
+    process = subprocess.Popen([sys.executable, str(REPO / "process_decoding.py"), *args], cwd=REPO,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while process.poll() is None and not finished(output_dir) and time.time() < deadline:
+        time.sleep(0.02)  # until the first batch is recorded
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = finished(output_dir)
+    assert 0 < len(done) < 6, "the run should have been killed part-way"
+    before = {name: (output_dir / name).stat().st_mtime_ns for name in done}
+    with open(next(output_dir.glob(".manifest.rank*.jsonl")), "a") as partial:
+        partial.write('{"output": "cut sh')  # a record cut short by the kill
+    assert process_decoding.main(args + ["--skip_existing"]) == 0
+    assert f"decoded {6 - len(done)}, already done {len(done)}, failed 0" in capsys.readouterr().out
+    assert before == {name: (output_dir / name).stat().st_mtime_ns for name in done}  # not redone
+    assert outputs(output_dir) == outputs(decoded)  # none missing, and as an uninterrupted run
+    manifest = json.loads((output_dir / MANIFEST_FILE).read_text())
+    assert manifest["images"] == json.loads((decoded / MANIFEST_FILE).read_text())["images"]
+    assert not list(output_dir.glob(".manifest.rank*"))
+    assert process_decoding.main(args + ["--skip_existing", "--seed", "1"]) == 2
+    assert "other settings (seed differ)" in capsys.readouterr().err
+
+
+@pytest.fixture
+def mixed_inputs(label_maps, tmp_path):  # noqa: F811
+    """One good label map and one of each kind of bad input."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = sorted(label_maps.glob("*.png"))[0]
+    shutil.copy(good, folder / "good.png")
+    shutil.copy(good, folder / "uncaptioned.png")
+    Image.fromarray(np.full((20, 30), 30, dtype=np.uint8), mode="L").save(folder / "ids.png")
+    Image.new("RGB", (20, 30), (128, 0, 0)).save(folder / "colour.png")
+    (folder / "truncated.png").write_bytes(good.read_bytes()[:300])
+    (folder / "notes.txt").write_text("not a label map")
+    captions = {name: "a dog" for name in ("good.jpg", "ids.jpg", "colour.jpg", "truncated.jpg")}
+    (folder / "prompts.json").write_text(json.dumps(captions))
+    return folder
+
+
+def test_bad_inputs_are_reported_one_line_each_and_the_rest_decoded(
+        tiny_config, trained_controlnet, mixed_inputs, tmp_path, capsys):  # noqa: F811
+    args = decode_args(tiny_config, trained_controlnet, mixed_inputs, tmp_path / "out", "--device", "cpu")
+    assert process_decoding.main(args + ["--use_fp16"]) == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    expected = {"ids.png": "class ids 30 outside 0..20", "colour.png": "must be a palette or gray PNG",
+                "truncated.png": "unreadable label map", "uncaptioned.png": "no caption for it"}
+    assert len(errors) == len(expected)
+    for name, reason in expected.items():
+        assert any(line.startswith(f"error: {name}: ") and reason in line for line in errors)
+    assert "skipped: notes.txt: not a label map" in captured.err
+    assert "precision 16 is ignored on the CPU" in captured.err
+    assert "decoded 1, already done 0, failed 4, ignored 1" in captured.out
+    assert sorted(outputs(tmp_path / "out")) == ["good.png"]
+    assert process_decoding.main(args + ["--override", "decode.missing_caption=empty", "--skip_existing"]) == 1
+    captured = capsys.readouterr()
+    assert "warning: uncaptioned.png: no caption in the prompts file; decoded with an empty caption" in captured.err
+    assert "decoded 1, already done 1, failed 3" in captured.out
+
+
+def test_unusable_folders_and_prompts_are_refused_before_any_work(tiny_config, trained_controlnet, label_maps,  # noqa: F811
+                                                                  tmp_path, capsys):
+    inside = decode_args(tiny_config, trained_controlnet, label_maps, label_maps / "out")
+    assert process_decoding.main(inside) == 2
+    assert "is inside --input_path" in capsys.readouterr().err
+    (tmp_path / "maps").mkdir()
+    shutil.copy(sorted(label_maps.glob("*.png"))[0], tmp_path / "maps" / "a.png")
+    assert process_decoding.main(decode_args(tiny_config, trained_controlnet, tmp_path / "maps", tmp_path / "o")) == 2
+    assert "prompts file not found" in capsys.readouterr().err
+    assert not (label_maps / "out").exists() and not (tmp_path / "o").exists()
