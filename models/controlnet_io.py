@@ -63,16 +63,21 @@ class ControlNetSource:
         return any(name in self.path for name in PUBLIC_ADE20K_CONTROLNETS)
 
 
+def check_checkpoint_path(path: str) -> None:
+    """Raise ``CheckpointFormatError`` unless ``path`` is a local file or folder or looks like a hub id."""
+    if not Path(path).expanduser().exists() and not _looks_like_hub_id(path):
+        raise CheckpointFormatError(f"{path}: no such file or folder (nor a Hugging Face id)")
+
+
 def load_controlnet(path: str, base_unet: UNet2DConditionModel, allow_pickle: bool = False) -> ControlNetSource:
     """Load the ControlNet at ``path`` (any of ``FORMATS``), float32, on the CPU."""
+    check_checkpoint_path(path)
     local = Path(path).expanduser()
     if local.is_dir():
         return _load_folder(local)
     if local.is_file():
         return _load_file(local, base_unet, allow_pickle)
-    if _looks_like_hub_id(path):
-        return _load_diffusers(path)
-    raise CheckpointFormatError(f"{path}: no such file or folder (nor a Hugging Face id)")
+    return _load_diffusers(path)
 
 
 def _looks_like_hub_id(path: str) -> bool:

@@ -72,7 +72,7 @@ def read_semantic_code(path: Path, caption: str | None, missing_caption: str = "
         raise
     except ValueError as error:  # a colour image, or 16-bit values beyond 255
         raise InputError(str(error)) from None
-    except (OSError, SyntaxError, EOFError) as error:
+    except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         raise InputError(f"unreadable label map ({error})") from None
     return SemanticCode(label_map, caption or "")
 
@@ -84,9 +84,10 @@ class Captions:
         self.by_stem: dict[str, list[str]] = {}
         for key in prompts:
             self.by_stem.setdefault(_stem(key), []).append(key)
-        self.by_name = {}  # file stem -> keys, for prompts files written without folders
+        self.by_name: dict[str, list[str]] = {}  # for keys written without folders
         for key in prompts:
-            self.by_name.setdefault(PurePosixPath(key).stem, []).append(key)
+            if "/" not in key:
+                self.by_name.setdefault(PurePosixPath(key).stem, []).append(key)
         self.prompts = prompts
 
     def get(self, relpath: str) -> str | None:
@@ -150,10 +151,6 @@ class DecodePlan:
     def todo_batches(self) -> list[list[DecodeItem]]:
         return [batch for batch in self.batches if any(i.output_relpath not in self.done for i in batch)]
 
-    @property
-    def todo_count(self) -> int:
-        return sum(i.output_relpath not in self.done for batch in self.batches for i in batch)
-
 
 def plan_decode(input_dir: Path, captions: Captions, decoder: ControlNetDecoder, config: Config,
                 skip_files: tuple[Path, ...] = ()) -> DecodePlan:
@@ -166,26 +163,26 @@ def plan_decode(input_dir: Path, captions: Captions, decoder: ControlNetDecoder,
             plan.ignored.append(entry.relpath)
             continue
         try:
-            item = _plan_item(entry.path, entry.relpath, captions, decoder, config, claimed)
+            caption = captions.get(entry.relpath)
+            items.append(_plan_item(entry.path, entry.relpath, caption, decoder, config, claimed))
         except InputError as error:
             plan.failures[entry.relpath] = error.reason
             continue
-        if item.caption == "" and captions.get(entry.relpath) is None:
+        if caption is None:
             plan.warnings.append(f"{entry.relpath}: no caption in the prompts file; decoded with an empty caption")
-        items.append(item)
     plan.batches = [[items[i] for i in batch]
                     for batch in form_batches([i.generation_size for i in items], config.decode.batch_size)]
     return plan
 
 
-def _plan_item(path: Path, relpath: str, captions: Captions, decoder: ControlNetDecoder, config: Config,
+def _plan_item(path: Path, relpath: str, caption: str | None, decoder: ControlNetDecoder, config: Config,
                claimed: dict[str, str]) -> DecodeItem:
     """One checked input (its label map is read and validated, then dropped)."""
     output = str(PurePosixPath(relpath).with_suffix(".png"))
     if output in claimed:
         raise InputError(f"its output {output} would overwrite the one of {claimed[output]}; rename one")
     claimed[output] = relpath
-    code = read_semantic_code(path, captions.get(relpath), config.decode.missing_caption)
+    code = read_semantic_code(path, caption, config.decode.missing_caption)
     try:
         check_label_map(code.label_map, decoder.spec.num_classes)
     except ValueError as error:

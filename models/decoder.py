@@ -24,8 +24,8 @@ from PIL import Image
 
 from models.config import Config, DecodeConfig
 from models.control import control_tensor, resize_label_map
-from models.controlnet_io import (CheckpointFormatError, ControlNetSource, ControlSpec, load_controlnet,
-                                  resolve_control_spec)
+from models.controlnet_io import (CheckpointFormatError, ControlNetSource, ControlSpec, check_checkpoint_path,
+                                  load_controlnet, resolve_control_spec)
 from models.diffusion import SDComponents, load_sd_components
 from models.palettes import VOID_LABEL
 from models.semantic_code import SemanticCode
@@ -130,6 +130,7 @@ class ControlNetDecoder:
         path = checkpoint_path or config.diffusion.controlnet_path
         if not path:
             raise CheckpointFormatError("no ControlNet: give --checkpoint_path (or diffusion.controlnet_path)")
+        check_checkpoint_path(str(path))  # before the minutes that loading SD1.5 can take
         components = load_sd_components(config.diffusion.sd_model_path)
         source = load_controlnet(str(path), components.unet, allow_pickle=config.decode.allow_pickle)
         overlay_unet_weights(components.unet, source)

@@ -83,8 +83,8 @@ def unet_to_original(state: dict[str, torch.Tensor], layers_per_block: int,
                 slot = 2 if level in attention_levels else 1
                 name = f"output_blocks.{level * per_level + layers_per_block}.{slot}.{rest}"
             else:
-                block = level * per_level + index
-                name = f"output_blocks.{block}.0.{_resnet(rest)}" if kind == "resnets" else f"output_blocks.{block}.1.{rest}"
+                block = f"output_blocks.{level * per_level + index}"
+                name = f"{block}.0.{_resnet(rest)}" if kind == "resnets" else f"{block}.1.{rest}"
         if name is None:
             raise KeyError(f"no original name for UNet key {key}")
         converted[prefix + name] = value

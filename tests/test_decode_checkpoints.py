@@ -13,7 +13,7 @@ import process_decoding
 from models.config import apply_overrides, load_config
 from models.controlnet_io import CheckpointFormatError, ControlNetSource, load_controlnet, resolve_control_spec
 from models.decoder import ControlNetDecoder
-from tests.decode_fixtures import (base_unet, label_maps, perturb, trained_controlnet,  # noqa: F401
+from tests.decode_fixtures import (base_unet, label_maps, perturb, trained_controlnet,  # noqa: F401 (fixtures)
                                    up_block_weights, write_export_folder, write_original_file,
                                    write_training_checkpoint)
 
@@ -25,11 +25,11 @@ def assert_same_weights(model, reference_state):
 
 
 @pytest.fixture(scope="module")
-def reference(trained_controlnet):
+def reference(trained_controlnet):  # noqa: F811
     return ControlNetModel.from_pretrained(trained_controlnet)
 
 
-def test_every_format_gives_the_same_controlnet(reference, trained_controlnet, tiny_config, tmp_path):
+def test_every_format_gives_the_same_controlnet(reference, trained_controlnet, tiny_config, tmp_path):  # noqa: F811
     unet = base_unet(tiny_config)
     trained_unet = up_block_weights(unet, seed=3)
     ema = perturb(ControlNetModel.from_pretrained(trained_controlnet), seed=2)
@@ -68,8 +68,8 @@ def test_trained_unet_weights_are_overlaid_on_the_base_unet(reference, tiny_conf
     assert all(torch.equal(state[k], v) for k, v in untouched.items() if not k.startswith("up_blocks."))
 
 
-def decode_folder(tiny_config, label_maps, output_dir, *extra):  # noqa: F811
-    status = process_decoding.main(["--config_path", str(tiny_config), "--input_path", str(label_maps),
+def decode_folder(config_path, input_dir, output_dir, *extra):
+    status = process_decoding.main(["--config_path", str(config_path), "--input_path", str(input_dir),
                                     "--output_dir", str(output_dir), "--num_inference_steps", "2",
                                     "--device", "cpu", *map(str, extra)])
     assert status == 0
@@ -88,8 +88,8 @@ def two_label_maps(label_maps, tmp_path_factory):  # noqa: F811
     return folder
 
 
-def test_an_original_format_file_decodes_like_the_diffusers_model(reference, trained_controlnet, tiny_config,
-                                                                  two_label_maps, tmp_path):
+def test_an_original_format_file_decodes_like_the_diffusers_model(
+        reference, trained_controlnet, tiny_config, two_label_maps, tmp_path):  # noqa: F811
     """Acceptance: the same ControlNet as an original-format ControlLDM file and as diffusers."""
     original = write_original_file(tmp_path / "final.ckpt", reference, base_unet(tiny_config))
     expected = decode_folder(tiny_config, two_label_maps, tmp_path / "diffusers",

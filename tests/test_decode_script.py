@@ -151,8 +151,8 @@ def test_bad_inputs_are_reported_one_line_each_and_the_rest_decoded(
     assert "decoded 1, already done 1, failed 3" in captured.out
 
 
-def test_unusable_folders_and_prompts_are_refused_before_any_work(tiny_config, trained_controlnet, label_maps,  # noqa: F811
-                                                                  tmp_path, capsys):
+def test_unusable_folders_and_prompts_are_refused_before_any_work(
+        tiny_config, trained_controlnet, label_maps, tmp_path, capsys):  # noqa: F811
     inside = decode_args(tiny_config, trained_controlnet, label_maps, label_maps / "out")
     assert process_decoding.main(inside) == 2
     assert "is inside --input_path" in capsys.readouterr().err
