@@ -55,11 +55,17 @@ class InputError(Exception):
         self.reason = reason
 
 
+def is_semantic_code_file(relpath: str) -> bool:
+    """Whether a file under the input folder is decoded (label-map images; compact codes plug in here)."""
+    return is_image_name(relpath)
+
+
 def read_semantic_code(path: Path, caption: str | None, missing_caption: str = "error") -> SemanticCode:
     """The semantic code stored at ``path``: a label-map PNG plus ``caption`` (from prompts.json).
 
-    The one place where decoder inputs are read (compact code files plug in here). A missing
-    caption is an error, or the empty caption when ``missing_caption`` is "empty".
+    The one place where decoder inputs are read (compact code files, which carry their own
+    caption and seed, plug in here). A missing caption is an error, or the empty caption when
+    ``missing_caption`` is "empty".
     """
     if caption is None and missing_caption == "error":
         raise InputError("no caption for it in the prompts file")
@@ -159,7 +165,7 @@ def plan_decode(input_dir: Path, captions: Captions, decoder: ControlNetDecoder,
     for entry in walk_files(input_dir):
         if entry.path in skip_files:
             continue
-        if not is_image_name(entry.relpath):
+        if not is_semantic_code_file(entry.relpath):
             plan.ignored.append(entry.relpath)
             continue
         try:
@@ -168,7 +174,7 @@ def plan_decode(input_dir: Path, captions: Captions, decoder: ControlNetDecoder,
         except InputError as error:
             plan.failures[entry.relpath] = error.reason
             continue
-        if caption is None:
+        if caption is None and not items[-1].caption:
             plan.warnings.append(f"{entry.relpath}: no caption in the prompts file; decoded with an empty caption")
     plan.batches = [[items[i] for i in batch]
                     for batch in form_batches([i.generation_size for i in items], config.decode.batch_size)]
