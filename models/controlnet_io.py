@@ -8,7 +8,8 @@
   ``semantic_compression.json``, optionally ``unet_trainable.safetensors``);
 - ``diffusers``: any diffusers ControlNet folder or Hugging Face id (lllyasviel/sd-controlnet-seg);
 - ``original``: a ControlLDM state dict with ``control_model.*`` keys (the original project's
-  ``final.ckpt``, the public ``control_sd15_seg.pth``), or a bare ControlNet state dict.
+  ``final.ckpt``, the public ``control_sd15_seg.pth``), or a bare ControlNet state dict
+  (a single file with diffusers' key names counts as ``diffusers``).
 
 Original-format files carry weights but no architecture. The architecture of a ControlNet is that
 of its UNet's encoder half, so it is taken from the base UNet (``diffusion.sd_model_path``) and
@@ -225,8 +226,8 @@ def _from_original(path: Path, state: dict, base_unet: UNet2DConditionModel) -> 
         with tempfile.TemporaryDirectory() as config_dir:
             base_unet.save_config(config_dir)
             unet_weights = _single_file(UNet2DConditionModel, state, config_dir, path, "UNet").state_dict()
-    return ControlNetSource(controlnet=controlnet, format="original", path=str(path),
-                            unet_weights=unet_weights)
+    kind = "original" if _is_original_controlnet(state) else "diffusers"  # diffusers names in one file
+    return ControlNetSource(controlnet=controlnet, format=kind, path=str(path), unet_weights=unet_weights)
 
 
 def _conditioning_shapes(state: dict) -> tuple[int, tuple[int, ...]]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import ControlNetModel
+from safetensors.torch import save_file
 
 import process_decoding
 from models.config import apply_overrides, load_config
@@ -41,7 +42,8 @@ def test_every_format_gives_the_same_controlnet(reference, trained_controlnet, t
         "training": str(write_training_checkpoint(tmp_path / "last.ckpt", reference, tiny_config)),
         "original": str(write_original_file(tmp_path / "final.ckpt", reference, unet)),
     }
-    for kind, path in paths.items():
+    save_file(reference.state_dict(), tmp_path / "single.safetensors")  # diffusers names, one file
+    for kind, path in [*paths.items(), ("diffusers", str(tmp_path / "single.safetensors"))]:
         source = load_controlnet(path, unet)
         assert source.format == kind
         assert_same_weights(source.controlnet, reference.state_dict())
