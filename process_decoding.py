@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from models.bitstream import SEM_SUFFIX
 from models.config import DEFAULT_CONFIG_PATH, ConfigError, DecodeConfig, load_config
 from models.decode_job import (PROMPTS_FILE, Captions, SettingsMismatch, plan_decode, prepare_output,
                                read_prompts, report, run_decode, run_settings)
@@ -109,7 +110,8 @@ def setup(args: argparse.Namespace):
         precision = "32"
     given = getattr(args, "prompt_json_path", None)
     prompts_path = Path(given) if given else input_dir / PROMPTS_FILE
-    if not prompts_path.exists() and not given and config.decode.missing_caption == "empty":
+    carries_captions = any(input_dir.rglob(f"*{SEM_SUFFIX}"))  # .sem files hold their captions
+    if not prompts_path.exists() and not given and (carries_captions or config.decode.missing_caption == "empty"):
         captions = Captions({})
     else:
         captions = read_prompts(prompts_path)

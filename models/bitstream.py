@@ -50,6 +50,7 @@ from models.semantic_code import SemanticCode
 
 MAGIC = b"SEM"
 VERSION = 1
+SEM_SUFFIX = ".sem"  # the file extension of semantic codes
 MAX_SIDE = 65_535  # largest width or height a file may declare
 MAX_PIXELS = 50_000_000  # largest width * height a file may declare (same as image reading)
 MAX_CAPTION_BYTES = 65_535  # longest caption, in UTF-8 bytes

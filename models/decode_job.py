@@ -34,6 +34,7 @@ from PIL import Image
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
+from models.bitstream import SEM_SUFFIX, BitstreamError, read_sem
 from models.config import Config
 from models.decoder import PRECISIONS, ControlNetDecoder, check_label_map, form_batches, image_seed
 from models.imageio import (DEFAULT_MAX_PIXELS, atomic_save_image, atomic_write_json, is_image_name, read_json,
@@ -56,17 +57,19 @@ class InputError(Exception):
 
 
 def is_semantic_code_file(relpath: str) -> bool:
-    """Whether a file under the input folder is decoded (label-map images; compact codes plug in here)."""
-    return is_image_name(relpath)
+    """Whether a file under the input folder is decoded: a ``.sem`` file or a label-map image."""
+    return relpath.lower().endswith(SEM_SUFFIX) or is_image_name(relpath)
 
 
 def read_semantic_code(path: Path, caption: str | None, missing_caption: str = "error") -> SemanticCode:
-    """The semantic code stored at ``path``: a label-map PNG plus ``caption`` (from prompts.json).
+    """The semantic code stored at ``path``: a ``.sem`` file, or a label-map PNG plus ``caption``.
 
-    The one place where decoder inputs are read (compact code files, which carry their own
-    caption and seed, plug in here). A missing caption is an error, or the empty caption when
-    ``missing_caption`` is "empty".
+    The one place where decoder inputs are read. A ``.sem`` file carries its own caption and seed
+    (``caption`` from prompts.json only fills in for a ``.sem`` stored without one). A missing
+    caption is an error, or the empty caption when ``missing_caption`` is "empty".
     """
+    if path.suffix.lower() == SEM_SUFFIX:
+        return _read_sem_code(path, caption, missing_caption)
     if caption is None and missing_caption == "error":
         raise InputError("no caption for it in the prompts file")
     try:
@@ -81,6 +84,24 @@ def read_semantic_code(path: Path, caption: str | None, missing_caption: str = "
     except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         raise InputError(f"unreadable label map ({error})") from None
     return SemanticCode(label_map, caption or "")
+
+
+def _read_sem_code(path: Path, caption: str | None, missing_caption: str) -> SemanticCode:
+    try:
+        code = read_sem(path)
+    except BitstreamError as error:
+        raise InputError(str(error).removeprefix(f"{path}: ")) from None
+    if not code.caption:
+        if caption is None and missing_caption == "error":
+            raise InputError("the .sem file holds no caption and the prompts file has none for it")
+        code.caption = caption or ""
+    return code
+
+
+def sem_shadowed(relpaths: list[str]) -> set[str]:
+    """Label-map images that have a ``.sem`` file of the same path and stem: the code is decoded."""
+    sem_stems = {_stem(r) for r in relpaths if r.lower().endswith(SEM_SUFFIX)}
+    return {r for r in relpaths if not r.lower().endswith(SEM_SUFFIX) and _stem(r) in sem_stems}
 
 
 class Captions:
@@ -162,8 +183,13 @@ def plan_decode(input_dir: Path, captions: Captions, decoder: ControlNetDecoder,
                 skip_files: tuple[Path, ...] = ()) -> DecodePlan:
     """Read every input under ``input_dir`` once, check it, give it a seed and put it in a batch."""
     plan, items, claimed = DecodePlan(), [], {}
-    for entry in walk_files(input_dir):
-        if entry.path in skip_files:
+    entries = [entry for entry in walk_files(input_dir) if entry.path not in skip_files]
+    shadowed = sem_shadowed([entry.relpath for entry in entries])
+    if shadowed:
+        plan.warnings.append(f"{len(shadowed)} label-map image(s) have a .sem file of the same name; "
+                             f"the .sem files are decoded")
+    for entry in entries:
+        if entry.relpath in shadowed:
             continue
         if not is_semantic_code_file(entry.relpath):
             plan.ignored.append(entry.relpath)

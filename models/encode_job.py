@@ -31,7 +31,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from models.bitstream import write_sem
+from models.bitstream import SEM_SUFFIX, write_sem
 from models.config import Config
 from models.encoder import PRECISIONS, SemanticEncoder
 from models.imageio import (ImageReadError, InputFile, atomic_save_image, atomic_write_json,
@@ -78,7 +78,7 @@ def label_map_path(output_dir: Path, relpath: str) -> Path:
 
 def sem_path(output_dir: Path, relpath: str) -> Path:
     """Where the ``.sem`` file of the input at ``relpath`` goes."""
-    return (output_dir / relpath).with_suffix(".sem")
+    return (output_dir / relpath).with_suffix(SEM_SUFFIX)
 
 
 def is_done(relpath: str, output_dir: Path, outputs: OutputSpec, captions: dict[str, str]) -> bool:
