@@ -10,6 +10,7 @@
 - ``D/stable-diffusion/``: an SD1.5-style diffusers folder (UNet, VAE, CLIP text encoder and
   BPE tokenizer, PNDM scheduler with SD1.5's noise schedule);
 - ``D/controlnet/``: a ControlNet initialised from that UNet (``save_pretrained``);
+- ``D/clip/``: a CLIP model and processor for the CLIP score (``save_pretrained``);
 - ``D/config.yaml``: a config that points every script at them.
 
 Everything is loaded back through the same code paths as the real models.
@@ -170,6 +171,29 @@ def build_stable_diffusion(output_dir: Path) -> tuple[Path, Path]:
     return sd_dir, controlnet_dir
 
 
+def build_clip(output_dir: Path) -> Path:
+    """A CLIP model (for the CLIP score) with 2-layer text and vision towers, saved with its processor."""
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor,
+                              CLIPTokenizer)
+
+    folder = output_dir / "clip"
+    with tempfile.TemporaryDirectory() as tokenizer_dir:
+        vocab_size = write_clip_tokenizer_files(Path(tokenizer_dir))
+        tokenizer = CLIPTokenizer(f"{tokenizer_dir}/vocab.json", f"{tokenizer_dir}/merges.txt",
+                                  model_max_length=77)
+    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    config = CLIPConfig(
+        text_config=dict(tower, vocab_size=vocab_size, max_position_embeddings=77,
+                         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1),
+        vision_config=dict(tower, image_size=32, patch_size=4),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
 def build_tiny_components(output_dir: str | Path, seed: int = 0) -> Path:
     """Write every tiny component and ``config.yaml`` under ``output_dir``; return the config path."""
     output_dir = Path(output_dir).resolve()
@@ -186,6 +210,7 @@ def build_tiny_components(output_dir: str | Path, seed: int = 0) -> Path:
     config.diffusion.resolution = RESOLUTION
     config.encode.batch_size = 4
     config.encode.num_workers = 0
+    config.evaluate.clip_model = str(build_clip(output_dir))
     config_path = output_dir / "config.yaml"
     save_config(config, config_path)
     return config_path
