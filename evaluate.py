@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ground_truth_path", required=True, help="folder of original images")
     parser.add_argument("--method", action="append", default=[], metavar="NAME=PRED_DIR[,BITSTREAM_DIR]",
                         help="a method to evaluate (repeatable, instead of --prediction_path)")
-    parser.add_argument("--output_dir", default="evaluation", help="where metrics.csv, summary.json and plots go")
+    parser.add_argument("--output_dir", default="evaluation",
+                        help="where metrics.csv, summary.json and plots go")
     parser.add_argument("--bitstream_dir", default=None,
                         help="files whose sizes are the rate (semantic or compressed files), for bpp")
     parser.add_argument("--label_path", default=None,
@@ -56,12 +57,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="metrics to compute")
     parser.add_argument("--config_path", default=str(DEFAULT_CONFIG_PATH), help="YAML config")
     parser.add_argument("--segmentation_ckpt", default=None,
-                        help="DeepLabV3+ checkpoint for semantic consistency (overrides segmentation.checkpoint)")
+                        help="DeepLabV3+ checkpoint for semantic consistency "
+                             "(overrides segmentation.checkpoint)")
     parser.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="set any config value, e.g. --override evaluate.patch_size=0")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="device for the metric networks")
-    parser.add_argument("--grid_images", type=int, default=4, help="images in the side-by-side grid (--method)")
+    parser.add_argument("--grid_images", type=int, default=4,
+                        help="images in the side-by-side grid (--method)")
     return parser.parse_args(argv)
 
 

@@ -136,7 +136,7 @@ class Compressed:
 
 
 def highest_fitting(size_of: Callable[[int], int], low: int, high: int, max_bytes: int) -> int | None:
-    """Largest ``x`` in ``low..high`` with ``size_of(x) <= max_bytes``, by bisection; None if ``low`` is too big.
+    """Largest ``x`` in ``low..high`` with ``size_of(x) <= max_bytes`` (bisection); None if none fits.
 
     Assumes sizes grow with ``x``; whatever they do, the answer fits and ``answer + 1`` does not.
     """

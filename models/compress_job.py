@@ -98,7 +98,8 @@ def check_settings(output_dir: Path, settings: dict, overwrite: bool) -> None:
         atomic_write_json(output_dir / SETTINGS_FILE, settings)
 
 
-def plan_compress(input_dir: Path, output_dir: Path, codecs: list[str], overwrite: bool = False) -> CompressPlan:
+def plan_compress(input_dir: Path, output_dir: Path, codecs: list[str],
+                  overwrite: bool = False) -> CompressPlan:
     """Sort the inputs into work to do, work done, ignored files and failures."""
     plan = CompressPlan()
     rows = {} if overwrite else read_results(output_dir)
@@ -194,7 +195,8 @@ class CompressResult:
 
 
 def run_compress(plan: CompressPlan, output_dir: Path, target: Target, allow_downscale: bool = False,
-                 workers: int = 1, max_pixels: int | None = None, progress_bar: bool = True) -> CompressResult:
+                 workers: int = 1, max_pixels: int | None = None,
+                 progress_bar: bool = True) -> CompressResult:
     """Compress ``plan.todo``; ``results.csv`` is brought up to date after every image."""
     match_index = (index_by_stem(target.match_dir, images_only=False, suffix=target.match_suffix)
                    if target.match_dir else None)

@@ -110,16 +110,16 @@ class DecodeConfig:
 class EvaluateConfig:
     """The metric suite (evaluate.py)."""
 
-    torch_hub_dir: str | None = path_field(None)  # LPIPS/DISTS/Inception weights in <dir>/checkpoints/; None: torch's cache
-    clip_model: str = path_field("openai/clip-vit-large-patch14")  # CLIP score model: hub id (cached) or local folder
-    lpips_net: str = choice_field("alex", ("alex", "vgg", "squeeze"))  # LPIPS trunk; AlexNet is the paper's default
+    torch_hub_dir: str | None = path_field(None)  # weights in <dir>/checkpoints/; None: torch's cache
+    clip_model: str = path_field("openai/clip-vit-large-patch14")  # hub id (from the cache) or folder
+    lpips_net: str = choice_field("alex", ("alex", "vgg", "squeeze"))  # LPIPS trunk (paper: alex)
     patch_size: int = 256  # FID/KID also on patches of this size (HiFiC protocol); 0 turns that off
     kid_subsets: int = 100  # KID: number of random subsets
     kid_subset_size: int = 1000  # KID: samples per subset (fewer when there are fewer)
     fid_features: int = choice_field(2048, (64, 192, 768, 2048))  # Inception layer; 2048 (pool3) is standard
     fid_antialias: bool = False  # False: resize to 299 like torch-fidelity/TF, so FIDs compare with papers
-    resize_filter: str = choice_field("lanczos", ("lanczos", "bicubic", "bilinear"))  # prediction -> truth size
-    aspect_mismatch: str = choice_field("error", ("error", "crop"))  # "crop": centre-crop predictions to the truth's shape
+    resize_filter: str = choice_field("lanczos", ("lanczos", "bicubic", "bilinear"))  # to the truth's size
+    aspect_mismatch: str = choice_field("error", ("error", "crop"))  # crop: centre-crop to the truth's shape
 
 
 @dataclass

@@ -311,7 +311,7 @@ def comparison_summary(ground_truth_dir: Path, runs: list[tuple[MethodSpec, RunR
 
 
 def grid_rows(ground_truth_dir: Path, runs: list[tuple[MethodSpec, RunResult]], config: Config,
-              count: int, height: int = 320) -> tuple[list[list[np.ndarray]], list[str]]:
+              count: int, height: int = 200) -> tuple[list[list[np.ndarray]], list[str]]:
     """Thumbnails of the first ``count`` images that every run evaluated: truth, then each run."""
     shared = set.intersection(*({row["image"] for row in result.rows} for _, result in runs))
     relpaths = sorted(shared)[:count]
@@ -321,8 +321,9 @@ def grid_rows(ground_truth_dir: Path, runs: list[tuple[MethodSpec, RunResult]], 
     rows = []
     for relpath in relpaths:
         truth = read_rgb(ground_truth_dir / relpath)
-        images = [truth] + [align_to_truth(read_rgb(paths[relpath]), truth.size, config.evaluate.resize_filter,
-                                           config.evaluate.aspect_mismatch) for paths in predictions]
+        images = [truth] + [align_to_truth(read_rgb(paths[relpath]), truth.size,
+                                           config.evaluate.resize_filter, config.evaluate.aspect_mismatch)
+                            for paths in predictions]
         size = (max(1, round(truth.width * height / truth.height)), height)
         rows.append([np.asarray(image.resize(size, Image.Resampling.LANCZOS)) for image in images])
     return rows, relpaths

@@ -216,7 +216,8 @@ class PooledCLIP(nn.Module):
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return _pooled(self.model.get_image_features(pixel_values=pixel_values))  # (B, D)
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def get_text_features(self, input_ids: torch.Tensor,
+                          attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return _pooled(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
 
 
@@ -274,7 +275,8 @@ class SemanticConsistency:
             from PIL import Image
 
             height, width = pair.label_map.shape
-            predicted = np.asarray(Image.fromarray(predicted).resize((width, height), Image.Resampling.NEAREST))
+            predicted = np.asarray(Image.fromarray(predicted).resize((width, height),
+                                                                     Image.Resampling.NEAREST))
         confusion = confusion_matrix(pair.label_map, predicted, self.num_classes)
         self.confusion += confusion
         return {"sem_miou": mean_iou(confusion), "sem_pixel_accuracy": pixel_accuracy(confusion)}
@@ -505,7 +507,8 @@ def random_state_dict(architecture: str, seed: int = 0) -> dict[str, torch.Tenso
     return state
 
 
-def write_random_weights(hub_directory: str | Path, names: tuple[str, ...] = ("alexnet", "vgg16", "inception"),
+def write_random_weights(hub_directory: str | Path,
+                         names: tuple[str, ...] = ("alexnet", "vgg16", "inception"),
                          seed: int = 0) -> list[Path]:
     """Save random stand-ins for the weight files ``names`` under ``<hub_directory>/checkpoints``.
 

@@ -63,8 +63,8 @@ def plot_image_grid(rows: list[list[np.ndarray]], column_titles: list[str], row_
     """A grid of images: one row per image, one column per source (ground truth first)."""
     widths = [image.shape[1] * cell_height / image.shape[0] for row in rows for image in row]
     cell_width = max(widths) if widths else cell_height
-    figure, axes = plt.subplots(len(rows), len(column_titles), squeeze=False, dpi=100,
-                                figsize=(len(column_titles) * cell_width / 100, len(rows) * cell_height / 100 + 0.4))
+    figure_size = (len(column_titles) * cell_width / 100, len(rows) * cell_height / 100 + 0.4)
+    figure, axes = plt.subplots(len(rows), len(column_titles), squeeze=False, dpi=100, figsize=figure_size)
     for row_index, row in enumerate(rows):
         for column_index, image in enumerate(row):
             axis = axes[row_index][column_index]

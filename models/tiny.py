@@ -184,7 +184,8 @@ def build_clip(output_dir: Path) -> Path:
     tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
     config = CLIPConfig(
         text_config=dict(tower, vocab_size=vocab_size, max_position_embeddings=77,
-                         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1),
+                         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+                         pad_token_id=vocab_size - 1),
         vision_config=dict(tower, image_size=32, patch_size=4),
         projection_dim=16,
     )
