@@ -51,10 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label_path", default=None,
                         help="the transmitted label maps (palette PNGs), for semantic consistency")
     parser.add_argument("--prompt_json_path", default=None,
-                        help="captions {image path: caption} for the CLIP score (default: "
-                             "prompts.json in --label_path, if there)")
+                        help="captions {image path: caption} for the CLIP score; when not "
+                             "given, prompts.json in --label_path if there is one")
     parser.add_argument("--metrics", nargs="+", choices=METRIC_NAMES, default=list(METRIC_NAMES),
-                        help="metrics to compute")
+                        metavar="NAME", help=f"metrics to compute, from: {' '.join(METRIC_NAMES)}")
     parser.add_argument("--config_path", default=str(DEFAULT_CONFIG_PATH), help="YAML config")
     parser.add_argument("--segmentation_ckpt", default=None,
                         help="DeepLabV3+ checkpoint for semantic consistency "
@@ -101,6 +101,8 @@ def print_report(folders: list[str], results: list, unavailable: dict[str, str])
         print(f"unavailable: {name}: {reason}")
     for folder, result in zip(folders, results):
         prefix = f"{folder}: " if len(results) > 1 else ""
+        for name, note in result.notes.items():
+            print(f"note: {prefix}{name}: {note}")
         for path, reason in result.errors.items():
             print(f"error: {prefix}{path}: {reason}", file=sys.stderr)
         for relpath in result.missing_predictions:

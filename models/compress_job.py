@@ -28,7 +28,7 @@ from tqdm import tqdm
 from models.baselines import compress_to_size, decode, get_codec
 from models.imageio import (ImageReadError, atomic_save_image, atomic_write_bytes,
                             atomic_write_json, is_image_name, read_json, read_rgb, walk_files)
-from models.pairing import index_by_stem, stem_key
+from models.pairing import StemIndex, index_by_stem, stem_key
 from models.rate import bits_per_pixel
 
 RESULTS_FILE = "results.csv"
@@ -126,7 +126,8 @@ def _is_done(rows: dict, output_dir: Path, relpath: str, codec: str) -> bool:
     return (relpath, codec) in rows and all(p.exists() for p in output_paths(output_dir, relpath, codec))
 
 
-def target_bytes(target: Target, relpath: str, size: tuple[int, int], match_index=None) -> int:
+def target_bytes(target: Target, relpath: str, size: tuple[int, int],
+                 match_index: StemIndex | None = None) -> int:
     """The byte budget of one image of ``size`` (width, height)."""
     if target.kilobytes is not None:
         return math.floor(target.kilobytes * 1024)
@@ -152,7 +153,7 @@ class ImageJob:
     allow_downscale: bool
     output_dir: Path
     max_pixels: int | None
-    match_index: object = None
+    match_index: StemIndex | None = None  # files whose sizes are the budgets
 
 
 def compress_one(job: ImageJob) -> tuple[str, list[dict] | str]:

@@ -191,6 +191,10 @@ def _result(suite: MetricSuite, inputs: EvaluationInputs, pairing, rows: list[di
         if count:
             notes[what] = f"missing for {count} image(s); their {what}-based metrics are empty"
     means = {column: _finite_mean([row.get(column, math.nan) for row in rows]) for column in columns}
+    for column in columns:
+        infinite = sum(math.isinf(row.get(column, math.nan)) for row in rows)
+        if infinite:  # PSNR of identical images
+            notes[column] = f"infinite for {infinite} image(s) (identical pairs), left out of the mean"
     return RunResult(inputs, columns, rows, means, {k: _finite(v) for k, v in dataset.items()},
                      dict(suite.unavailable), notes, errors, pairing.missing_predictions,
                      pairing.unmatched_predictions, pairing.ambiguous)

@@ -17,7 +17,7 @@ METRIC_LABELS = {
     "psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "ms_ssim": "MS-SSIM ↑", "lpips": "LPIPS ↓",
     "dists": "DISTS ↓", "clip_score": "CLIP score ↑", "sem_miou": "semantic mIoU ↑",
     "sem_pixel_accuracy": "semantic pixel accuracy ↑", "fid": "FID ↓", "kid": "KID ↓",
-    "fid_patch": "FID, 256px patches ↓", "kid_patch": "KID, 256px patches ↓",
+    "fid_patch": "FID on patches ↓", "kid_patch": "KID on patches ↓",
     "sem_miou_dataset": "semantic mIoU (set) ↑",
 }
 
