@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="budget per image: the size of the file with the same relative path "
                              "and stem in DIR (any extension)")
     parser.add_argument("--match-suffix", default=None,
-                        help="with --match-sizes-from, only files ending in this, e.g. .sem")
+                        help="with --match-sizes-from, only files ending in this (default: the .sem "
+                             "files if the folder has any, else every file)")
     parser.add_argument("--codecs", nargs="+", choices=list(CODECS), default=list(CODECS),
                         help="codecs to run")
     parser.add_argument("--allow-downscale", action="store_true",

@@ -25,7 +25,7 @@ import torch
 
 from models.config import ConfigError, DEFAULT_CONFIG_PATH, load_config
 from models.evaluation import (EvaluationInputs, MethodSpec, comparison_summary, evaluate_folder,
-                               format_table, grid_rows, load_captions, parse_method,
+                               format_table, grid_rows, load_captions, load_sem_captions, parse_method,
                                rate_distortion_curves, run_folders, write_run)
 from models.imageio import atomic_write_json
 from models.metrics import METRIC_NAMES, MetricSuite
@@ -85,7 +85,10 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[list[MethodSpec], dict[str
         Path(args.label_path) / "prompts.json" if args.label_path else None)
     if args.prompt_json_path and not Path(prompts).is_file():
         raise ValueError(f"--prompt_json_path {prompts} is not a file")
-    captions = load_captions(prompts) if prompts and Path(prompts).is_file() else {}
+    if prompts and Path(prompts).is_file():
+        captions = load_captions(prompts)
+    else:  # .sem files carry their captions
+        captions = load_sem_captions(args.label_path) if args.label_path else {}
     return methods, captions
 
 

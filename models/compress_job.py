@@ -28,7 +28,7 @@ from tqdm import tqdm
 from models.baselines import compress_to_size, decode, get_codec
 from models.imageio import (ImageReadError, atomic_save_image, atomic_write_bytes,
                             atomic_write_json, is_image_name, read_json, read_rgb, walk_files)
-from models.pairing import StemIndex, index_by_stem, stem_key
+from models.pairing import StemIndex, bitstream_index, stem_key
 from models.rate import bits_per_pixel
 
 RESULTS_FILE = "results.csv"
@@ -199,8 +199,7 @@ def run_compress(plan: CompressPlan, output_dir: Path, target: Target, allow_dow
                  workers: int = 1, max_pixels: int | None = None,
                  progress_bar: bool = True) -> CompressResult:
     """Compress ``plan.todo``; ``results.csv`` is brought up to date after every image."""
-    match_index = (index_by_stem(target.match_dir, images_only=False, suffix=target.match_suffix)
-                   if target.match_dir else None)
+    match_index = bitstream_index(target.match_dir, target.match_suffix) if target.match_dir else None
     rows = read_results(output_dir)
     jobs = [ImageJob(relpath, path, codecs, target, allow_downscale, output_dir, max_pixels, match_index)
             for relpath, path, codecs in plan.todo]

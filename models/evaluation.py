@@ -27,11 +27,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from models.bitstream import SEM_SUFFIX, BitstreamError, read_sem
 from models.config import Config
 from models.imageio import ImageReadError, atomic_write_bytes, atomic_write_json, read_rgb
 from models.metrics import ImagePair, MetricSuite
 from models.palettes import label_map_from_pil
-from models.pairing import StemIndex, index_by_stem, pair_by_stem, stem_key
+from models.pairing import StemIndex, bitstream_index, has_sem_files, index_by_stem, pair_by_stem, stem_key
 from models.rate import bits_per_pixel
 
 RESIZE_FILTERS = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC,
@@ -60,12 +61,31 @@ def load_captions(path: str | Path) -> dict[str, str]:
 
 
 def label_map_index(label_dir: str | Path) -> StemIndex:
-    """The transmitted label maps under ``label_dir``, by key."""
+    """The transmitted label maps under ``label_dir``, by key: its ``.sem`` files, else its images."""
+    if has_sem_files(label_dir):
+        return index_by_stem(label_dir, suffix=SEM_SUFFIX)
     return index_by_stem(label_dir, images_only=True)
 
 
+def load_sem_captions(folder: str | Path) -> dict[str, str]:
+    """The captions stored in the ``.sem`` files under ``folder``, by key (unreadable files skipped)."""
+    captions = {}
+    index = index_by_stem(folder, suffix=SEM_SUFFIX)
+    for key, path in index.files.items():
+        try:
+            captions[key] = read_sem(path).caption
+        except BitstreamError:
+            continue  # reported when its label map is read
+    return captions
+
+
 def read_transmitted_label_map(path: str | Path) -> np.ndarray:
-    """The (H, W) uint8 label map stored at ``path`` (a palette or gray PNG: pixel = class id)."""
+    """The (H, W) uint8 label map stored at ``path``: a ``.sem`` file, or a palette/gray PNG."""
+    if Path(path).suffix.lower() == SEM_SUFFIX:
+        try:
+            return read_sem(path).label_map
+        except BitstreamError as error:
+            raise ImageReadError(path, str(error).removeprefix(f"{path}: ")) from None
     try:
         with Image.open(path) as image:
             return label_map_from_pil(image)
@@ -131,7 +151,7 @@ def evaluate_folder(suite: MetricSuite, config: Config, inputs: EvaluationInputs
     suite.reset()
     pairing = pair_by_stem(inputs.ground_truth_dir, inputs.prediction_dir)
     labels = label_map_index(inputs.label_dir) if inputs.label_dir else None
-    bitstreams = index_by_stem(inputs.bitstream_dir, images_only=False) if inputs.bitstream_dir else None
+    bitstreams = bitstream_index(inputs.bitstream_dir) if inputs.bitstream_dir else None
     rows, errors, gaps = [], {}, {"bpp": 0, "label map": 0, "caption": 0}
     for pair in tqdm(pairing.pairs, desc=description, unit="image", disable=not progress_bar):
         try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
+from models.bitstream import SEM_SUFFIX
 from models.imageio import is_image_name, walk_files
 
 
@@ -91,3 +92,16 @@ def pair_by_stem(ground_truth_dir: str | os.PathLike, prediction_dir: str | os.P
                                if k not in truth and k not in truth.ambiguous],
         ambiguous=ambiguous,
     )
+
+
+def has_sem_files(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds ``.sem`` files (then they, not label-map PNGs, were transmitted)."""
+    return any(Path(folder).rglob(f"*{SEM_SUFFIX}"))
+
+
+def bitstream_index(folder: str | os.PathLike, suffix: str | None = None) -> StemIndex:
+    """The files whose sizes are the rate, by key: ``suffix`` files if given, else the ``.sem``
+    files if there are any (process_input writes label-map PNGs next to them), else every file."""
+    if suffix is None and has_sem_files(folder):
+        suffix = SEM_SUFFIX
+    return index_by_stem(folder, images_only=False, suffix=suffix)

@@ -159,12 +159,15 @@ def test_budgets_from_bpp_and_from_matching_files(photo_folder, tmp_path):
     for stem, size in sizes.items():
         (semantic / stem).parent.mkdir(parents=True, exist_ok=True)
         (semantic / f"{stem}.sem").write_bytes(bytes(size))
-    (semantic / "a.png").write_bytes(bytes(10))  # another file with the same stem
+    (semantic / "a.png").write_bytes(bytes(10))  # a label-map PNG next to its .sem, as process_input writes
     matched = tmp_path / "matched"
-    assert compress_images.main(["--input-dir", str(photo_folder), "--output-dir", str(tmp_path / "any"),
-                                 "--match-sizes-from", str(semantic), "--codecs", "jpeg"]) == 1
+    # Only a.png counts when asked for: b and c have no budget and are reported.
+    assert compress_images.main(["--input-dir", str(photo_folder), "--output-dir", str(tmp_path / "png"),
+                                 "--match-sizes-from", str(semantic), "--match-suffix", ".png",
+                                 "--codecs", "jpeg"]) == 1
+    # By default the .sem files are the rate.
     assert compress_images.main(["--input-dir", str(photo_folder), "--output-dir", str(matched),
-                                 "--match-sizes-from", str(semantic), "--match-suffix", ".sem",
+                                 "--match-sizes-from", str(semantic),
                                  "--codecs", "jpeg", "--allow-downscale"]) == 0
     for row in read_csv(matched / "results.csv"):
         budget = sizes[row["image"].rsplit(".", 1)[0]]

@@ -260,3 +260,36 @@ def test_hific_patches_are_the_grid_plus_the_half_shifted_grid():
     assert torch.equal(patches[6], image[0, :, 128:384, 128:384])
     assert torch.equal(patches[7], image[0, :, 128:384, 384:640])
     assert hific_patches(image[..., :200, :], 256).shape[0] == 0
+
+
+def test_sem_files_give_the_label_maps_captions_and_rate(tiny_config, tmp_path):
+    """What process_input writes (a .sem and a PNG per image): the .sem is what counts."""
+    from models.bitstream import read_sem, write_sem
+    from models.segmentation import load_segmenter
+    from models.semantic_code import SemanticCode
+
+    config = load_config(tiny_config)
+    images = small_photos((96, 72))
+    truth, labels = tmp_path / "truth", tmp_path / "labels"
+    for folder in (truth, labels):
+        folder.mkdir()
+    segmenter = load_segmenter(config.segmentation)
+    for stem, image in images.items():
+        Image.fromarray(image).save(truth / f"{stem}.png")
+        label_map = segmenter.predict([image])[0]
+        write_sem(labels / f"{stem}.sem", SemanticCode(label_map, f"a photo called {stem}"))
+        label_map_to_pil(np.zeros_like(label_map)).save(labels / f"{stem}.png")  # must be ignored
+    output = tmp_path / "out"
+    status = evaluate.main(["--ground_truth_path", str(truth), "--prediction_path", str(truth),
+                            "--label_path", str(labels), "--bitstream_dir", str(labels),
+                            "--config_path", str(tiny_config), "--output_dir", str(output),
+                            "--metrics", "semantic", "--device", "cpu"])
+    assert status == 0
+    for row in read_csv(output / "metrics.csv"):
+        stem = row["image"].removesuffix(".png")
+        assert float(row["sem_miou"]) == 1.0  # the .sem map, not the all-background PNG twin
+        expected = bits_per_pixel((labels / f"{stem}.sem").stat().st_size, 96, 72)
+        assert float(row["bpp"]) == pytest.approx(expected)
+    from models.evaluation import load_sem_captions
+
+    assert load_sem_captions(labels) == {stem: read_sem(labels / f"{stem}.sem").caption for stem in images}
