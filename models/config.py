@@ -123,6 +123,49 @@ class EvaluateConfig:
 
 
 @dataclass
+class TrainConfig:
+    """ControlNet decoder training (train.py); see docs/training.md."""
+
+    data_root: str = path_field("data")  # holds original_images/{split}/ and segmented_images/{split}/
+    output_dir: str = "runs/decoder"  # the run folder: config, logs, checkpoints, exported ControlNet
+    batch_size: int = 4  # images per device and micro-batch
+    accumulate_grad_batches: int = 1  # micro-batches per optimizer step
+    max_steps: int = 50_000  # optimizer steps
+    learning_rate: float = 1e-5  # AdamW on the ControlNet (the ControlNet paper's rate)
+    unet_decoder: bool = False  # also train the UNet's decoder half (up blocks and output layers)
+    unet_learning_rate: float = 2e-6  # lower rate for that decoder half
+    weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    optimizer: str = choice_field("adamw", ("adamw", "adamw8bit"))  # adamw8bit needs bitsandbytes
+    lr_scheduler: str = choice_field("constant", ("constant", "cosine", "linear"))  # after warm-up
+    warmup_steps: int = 500  # linear learning-rate warm-up from 0
+    max_grad_norm: float | None = 1.0  # gradient clipping by global norm; null: off
+    prompt_dropout: float = 0.5  # captions replaced by "" this often (classifier-free guidance)
+    ema_decay: float | None = None  # e.g. 0.9999 keeps an EMA copy of the ControlNet; null: off
+    precision: str = choice_field("32", ("32", "bf16-mixed", "16-mixed"))  # trainable weights stay fp32
+    gradient_checkpointing: bool = False  # recompute ControlNet activations in backward (less memory)
+    channels_last: bool = False  # NHWC memory layout for ControlNet and UNet (faster convs on GPUs)
+    attention: str = choice_field("sdpa", ("sdpa", "eager"))  # PyTorch SDPA kernels or plain matmuls
+    cache_latents: bool = False  # keep VAE latents and text embeddings in memory (needs fixed crops)
+    resize_mode: str = choice_field("crop", ("crop", "stretch"))  # crop: keep aspect; stretch: original project
+    random_crop: bool = True  # random (else centre) crop after resizing the short side
+    random_flip: bool = True  # horizontal flip of image and label map together
+    num_workers: int = 4  # data-loader processes per device
+    seed: int = 0  # one seed for data order, augmentation, noise and timesteps (offset per rank)
+    checkpoint_every_n_steps: int = 1000  # Lightning checkpoint of the trainable weights
+    keep_checkpoints: int = 3  # newest step checkpoints kept (-1: all); last.ckpt always
+    log_every_n_steps: int = 50  # training-loss logging interval
+    val_every_n_steps: int = 500  # validation loss and image grid interval
+    val_max_samples: int = 64  # validation images used for the loss (first ones, sorted)
+    val_timesteps: list[int] = field(default_factory=lambda: [100, 300, 500, 700, 900])  # fixed t
+    num_validation_images: int = 4  # label maps decoded into the logged image grid
+    validation_inference_steps: int = 20  # DDIM steps per validation image
+    validation_guidance_scale: float = 7.5  # classifier-free guidance for validation images
+
+
+@dataclass
 class Config:
     """Every section of a config file."""
 
@@ -132,6 +175,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict, as written to YAML."""
