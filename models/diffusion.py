@@ -1,17 +1,36 @@
 """Loading the Stable Diffusion 1.5 components that training and decoding share.
 
-``sd_model_path`` is a diffusers folder or a Hugging Face id (loaded with diffusers' and
-transformers' ``from_pretrained``).
+``sd_model_path`` is a diffusers folder, a Hugging Face id (loaded with diffusers' and
+transformers' ``from_pretrained``), or a single-file SD1.5 checkpoint (``.safetensors`` or
+``.ckpt``, the original CompVis/RunwayML layout). A single file loads with no network: diffusers'
+``from_single_file`` gets the component configs from ``configs/sd15/`` (shipped) and a CLIP
+tokenizer whose vocabulary is derived from the ``open-clip-torch`` wheel, instead of fetching
+them from the hub.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import importlib.util
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextModel, CLIPTokenizer
+
+from models.config import PROJECT_ROOT
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+SD15_CONFIG_DIR = PROJECT_ROOT / "configs" / "sd15"
+CLIP_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"  # inside the open_clip package
+CLIP_MERGES = 49152 - 256 - 2  # CLIP keeps the first 48,894 merges of that file
 
 
 @dataclass
@@ -30,8 +49,21 @@ class SDComponents:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
 
-def load_sd_components(sd_model_path: str, dtype: torch.dtype = torch.float32) -> SDComponents:
-    """Load VAE, text encoder, tokenizer, UNet and the training scheduler from a folder or hub id."""
+def is_single_file(sd_model_path: str) -> bool:
+    """Whether ``sd_model_path`` names a single-file checkpoint rather than a folder or hub id."""
+    return Path(sd_model_path).suffix.lower() in SINGLE_FILE_SUFFIXES
+
+
+def load_sd_components(sd_model_path: str, dtype: torch.dtype = torch.float32,
+                       config_dir: str | Path | None = None) -> SDComponents:
+    """Load VAE, text encoder, tokenizer, UNet and the training scheduler.
+
+    ``sd_model_path``: a diffusers folder, a hub id, or a single ``.safetensors``/``.ckpt``
+    file; for a single file, ``config_dir`` is a diffusers folder whose configs describe it
+    (default: the shipped SD1.5 configs).
+    """
+    if is_single_file(sd_model_path):
+        return _load_single_file(Path(sd_model_path), dtype, config_dir)
     try:
         return SDComponents(
             vae=AutoencoderKL.from_pretrained(sd_model_path, subfolder="vae", torch_dtype=dtype),
@@ -43,6 +75,56 @@ def load_sd_components(sd_model_path: str, dtype: torch.dtype = torch.float32) -
     except (OSError, ValueError) as error:
         raise OSError(
             f"cannot load Stable Diffusion components from {sd_model_path!r}: "
-            f"{str(error).splitlines()[0]}. Give a diffusers folder or a Hugging Face id "
-            f"(with network access)"
+            f"{str(error).splitlines()[0]}. Give a diffusers folder, a Hugging Face id "
+            f"(with network access) or a single .safetensors/.ckpt SD1.5 checkpoint"
         ) from None
+
+
+def _load_single_file(path: Path, dtype: torch.dtype, config_dir: str | Path | None) -> SDComponents:
+    """Convert an original-layout checkpoint with diffusers' single-file loader, offline."""
+    from diffusers import StableDiffusionPipeline
+
+    if not path.is_file():
+        raise OSError(f"cannot load Stable Diffusion components: {path} is not a file")
+    with sd15_config_folder(config_dir) as folder:
+        try:
+            pipeline = StableDiffusionPipeline.from_single_file(
+                str(path), config=str(folder), local_files_only=True, torch_dtype=dtype,
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise OSError(f"cannot load {path} as a single-file SD1.5 checkpoint: "
+                          f"{str(error).splitlines()[0]}") from None
+    return SDComponents(vae=pipeline.vae, text_encoder=pipeline.text_encoder, tokenizer=pipeline.tokenizer,
+                        unet=pipeline.unet, scheduler=DDPMScheduler.from_config(pipeline.scheduler.config))
+
+
+@contextlib.contextmanager
+def sd15_config_folder(config_dir: str | Path | None = None) -> Iterator[Path]:
+    """A temporary diffusers config folder: ``config_dir``'s files, else the shipped SD1.5
+    configs plus a CLIP tokenizer vocabulary derived from open_clip's BPE file."""
+    with tempfile.TemporaryDirectory(prefix="sd-config-") as temporary:
+        folder = Path(temporary) / "config"
+        source = Path(config_dir) if config_dir is not None else SD15_CONFIG_DIR
+        shutil.copytree(source, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.ckpt"))
+        if not (folder / "tokenizer" / "vocab.json").exists():
+            write_clip_vocabulary(folder / "tokenizer")
+        yield folder
+
+
+def write_clip_vocabulary(folder: Path) -> None:
+    """Write CLIP's ``vocab.json`` and ``merges.txt`` (as openai/clip-vit-large-patch14 has them)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise OSError("a single-file SD1.5 checkpoint needs the CLIP tokenizer vocabulary, taken from "
+                      "the open-clip-torch package: pip install open-clip-torch")
+    bpe_path = Path(spec.submodule_search_locations[0]) / CLIP_BPE_FILE
+    merges = gzip.open(bpe_path).read().decode("utf-8").split("\n")[1:CLIP_MERGES + 1]
+    characters = list(bytes_to_unicode().values())
+    vocabulary = characters + [c + "</w>" for c in characters] + ["".join(m.split()) for m in merges]
+    vocabulary += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocabulary)}),
+                                       encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
