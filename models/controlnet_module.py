@@ -1,0 +1,493 @@
+"""Training the ControlNet decoder: the Lightning module, its checkpoints and their export.
+
+The objective is the one of ControlNet (Zhang, Rao and Agrawala, 2023, "Adding Conditional
+Control to Text-to-Image Diffusion Models") and of diffusers' ``train_controlnet`` example: the
+VAE latent of the photograph (times the VAE's scaling factor) is noised at a uniformly drawn
+timestep, the frozen SD1.5 UNet plus a trainable ControlNet that sees the label map predict
+the scheduler's target (epsilon, or v for v-prediction models; Salimans and Ho, 2022), and the
+loss is their mean squared error. Captions are dropped (replaced by "") with probability
+``train.prompt_dropout`` so that classifier-free guidance (Ho and Salimans, 2022) works at
+decoding time.
+
+Checkpoints hold only what is trained (see docs/training.md for the contract with decoding):
+``state_dict`` has ``controlnet.*``, optionally ``unet.*`` (the unfrozen decoder half) and
+``controlnet_ema.*``; ``semantic_compression`` holds the ControlNet config and the project config.
+
+    python -m models.controlnet_module export RUN/checkpoints/step-0001000.ckpt OUT
+
+exports a checkpoint as a ``save_pretrained`` ControlNet folder (what ``train.py`` writes to
+``RUN/controlnet/`` at the end of training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from diffusers import ControlNetModel, DDIMScheduler
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.optimization import get_scheduler
+
+from models.config import Config, ConfigError, config_from_dict
+from models.control import conditioning_channels
+from models.data import derived_seed
+from models.diffusion import SDComponents, load_sd_components
+from models.palettes import get_palette
+
+FORMAT_VERSION = 1
+NOISE_STREAM = 1  # derived_seed(seed, NOISE_STREAM, draw): latents, dropout, noise, timesteps
+HALF_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+UNET_DECODER_MODULES = ("up_blocks", "conv_norm_out", "conv_out")  # the UNet's decoder half
+LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
+HINT_CHANNELS = (16, 32, 96, 256)  # ControlNet's hint encoder widths for SD1.5 (VAE factor 8)
+EXPORT_INFO_FILE = "semantic_compression.json"
+UNET_EXPORT_FILE = "unet_trainable.safetensors"
+
+
+def check_train_config(config: Config) -> None:
+    """Refuse settings that cannot work, saying what to change (raises ConfigError)."""
+    train = config.train
+    problems = []
+    if config.diffusion.resolution % 8:
+        problems.append(f"diffusion.resolution must be a multiple of 8, got {config.diffusion.resolution}")
+    if not 0.0 <= train.prompt_dropout <= 1.0:
+        problems.append(f"train.prompt_dropout must be in [0, 1], got {train.prompt_dropout}")
+    if train.ema_decay is not None and not 0.0 < train.ema_decay < 1.0:
+        problems.append(f"train.ema_decay must be in (0, 1) or null, got {train.ema_decay}")
+    if train.cache_latents and (train.random_crop or train.random_flip):
+        problems.append("train.cache_latents needs fixed inputs: set train.random_crop=false and "
+                        "train.random_flip=false")
+    for key in ("batch_size", "accumulate_grad_batches", "max_steps", "checkpoint_every_n_steps",
+                "val_every_n_steps", "log_every_n_steps"):
+        if getattr(train, key) < 1:
+            problems.append(f"train.{key} must be at least 1, got {getattr(train, key)}")
+    if train.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            problems.append("train.optimizer=adamw8bit needs bitsandbytes (pip install bitsandbytes, "
+                            "CUDA only); or use train.optimizer=adamw")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def hint_channels(vae_scale_factor: int) -> tuple[int, ...]:
+    """Hint-encoder widths with one stride-2 stage per halving of the VAE (8: 16, 32, 96, 256)."""
+    stages = int(math.log2(vae_scale_factor))
+    if 2 ** stages != vae_scale_factor or stages + 1 > len(HINT_CHANNELS):
+        raise ValueError(f"unsupported VAE scale factor {vae_scale_factor} (1, 2, 4 or 8)")
+    return HINT_CHANNELS[:stages + 1]
+
+
+def build_controlnet(components: SDComponents, config: Config) -> ControlNetModel:
+    """``diffusion.controlnet_path`` if set (fine-tuning), else a ControlNet copied from the UNet."""
+    channels = conditioning_channels(config.diffusion.conditioning, config.segmentation.num_classes)
+    path = config.diffusion.controlnet_path
+    if path is None:
+        return ControlNetModel.from_unet(components.unet, conditioning_channels=channels,
+                                         conditioning_embedding_out_channels=hint_channels(
+                                             components.vae_scale_factor))
+    try:
+        controlnet = ControlNetModel.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise OSError(f"cannot load the ControlNet to fine-tune from {path!r}: "
+                      f"{str(error).splitlines()[0]}; set diffusion.controlnet_path=null to start "
+                      f"from the UNet") from None
+    if controlnet.config.conditioning_channels != channels:
+        raise ValueError(f"{path} takes {controlnet.config.conditioning_channels} control channels, "
+                         f"{config.diffusion.conditioning!r} conditioning gives {channels}; set "
+                         f"diffusion.controlnet_path=null to start from the UNet")
+    return controlnet
+
+
+def controlnet_config_dict(controlnet: ControlNetModel) -> dict:
+    """The ControlNet's constructor arguments (``ControlNetModel(**it)`` rebuilds it)."""
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in controlnet.config.items() if not key.startswith("_")}
+
+
+class ControlNetModule(pl.LightningModule):
+    """Frozen SD1.5 (VAE, CLIP text encoder, UNet) and a trainable ControlNet."""
+
+    def __init__(self, config: Config, components: SDComponents | None = None,
+                 run_dir: str | Path | None = None):
+        super().__init__()
+        check_train_config(config)
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        components = components or load_sd_components(config.diffusion.sd_model_path)
+        self.vae, self.text_encoder, self.unet = components.vae, components.text_encoder, components.unet
+        self.tokenizer, self.noise_scheduler = components.tokenizer, components.scheduler
+        self.vae_scale_factor = components.vae_scale_factor
+        self.controlnet = build_controlnet(components, config)
+        self._freeze()
+        self.controlnet_ema = (copy.deepcopy(self.controlnet).requires_grad_(False)
+                               if config.train.ema_decay is not None else None)
+        self._configure_speed()
+        self._check_timesteps()
+        self.strict_loading = False  # checkpoints leave the frozen weights out on purpose
+        self.latent_cache: dict[str, torch.Tensor] = {}
+        self.text_cache: dict[str, torch.Tensor] = {}
+        self._ema_step = 0
+
+    def _freeze(self) -> None:
+        """Freeze SD1.5 (eval mode, no gradients), optionally unfreezing the UNet decoder half."""
+        for module in (self.vae, self.text_encoder, self.unet):
+            module.requires_grad_(False).eval()
+        if self.config.train.unet_decoder:
+            for name in UNET_DECODER_MODULES:
+                getattr(self.unet, name).requires_grad_(True)
+        self.controlnet.requires_grad_(True).train()
+
+    def _configure_speed(self) -> None:
+        """Attention kernels, gradient checkpointing and memory layout from the config."""
+        train = self.config.train
+        processor = AttnProcessor2_0 if train.attention == "sdpa" else AttnProcessor
+        for module in (self.controlnet, self.unet, self.vae):
+            module.set_attn_processor(processor())
+        if train.gradient_checkpointing:
+            self.controlnet.enable_gradient_checkpointing()
+            if train.unet_decoder:
+                self.unet.enable_gradient_checkpointing()
+        if train.channels_last:
+            self.controlnet.to(memory_format=torch.channels_last)
+            self.unet.to(memory_format=torch.channels_last)
+
+    def _check_timesteps(self) -> None:
+        steps = self.noise_scheduler.config.num_train_timesteps
+        if any(not 0 <= t < steps for t in self.config.train.val_timesteps):
+            raise ConfigError(f"train.val_timesteps must lie in [0, {steps}), got {self.config.train.val_timesteps}")
+        if self.noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"unsupported prediction type {self.noise_scheduler.config.prediction_type!r}")
+
+    def train(self, mode: bool = True) -> ControlNetModule:
+        """Lightning switches everything to training mode; SD1.5 stays in eval mode."""
+        super().train(mode)
+        for module in (self.vae, self.text_encoder, self.unet):
+            module.eval()  # no dropout or batch norm in the UNet: its trained half is unaffected
+        return self
+
+    def setup(self, stage: str) -> None:
+        """Under mixed precision keep frozen weights in half precision, trainable ones in fp32."""
+        dtype = HALF_DTYPES.get(str(self.trainer.precision))
+        if dtype is None:
+            return
+        self.vae.to(dtype)
+        self.text_encoder.to(dtype)
+        self.unet.to(dtype)
+        if self.config.train.unet_decoder:
+            for name in UNET_DECODER_MODULES:
+                getattr(self.unet, name).float()
+
+    # ----- the objective -------------------------------------------------------------------------
+
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """(B, 77, D) CLIP hidden states (cached per caption when ``train.cache_latents``)."""
+        if not self.config.train.cache_latents:
+            return self._encode_text(captions)
+        missing = sorted({c for c in captions if c not in self.text_cache})
+        if missing:
+            for caption, hidden in zip(missing, self._encode_text(missing)):
+                self.text_cache[caption] = hidden.cpu()
+        return torch.stack([self.text_cache[c] for c in captions]).to(self.device)
+
+    def _encode_text(self, captions: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        return self.text_encoder(tokens.input_ids.to(self.device))[0]  # (B, 77, D)
+
+    def latent_distribution(self, pixel_values: torch.Tensor, keys: list[str]) -> DiagonalGaussianDistribution:
+        """The VAE posterior of (B, 3, R, R) images (parameters cached per key when asked)."""
+        if not self.config.train.cache_latents:
+            return self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist
+        missing = [i for i, key in enumerate(keys) if key not in self.latent_cache]
+        if missing:
+            parameters = self.vae.encode(pixel_values[missing].to(self.vae.dtype)).latent_dist.parameters
+            for i, params in zip(missing, parameters):
+                self.latent_cache[keys[i]] = params.cpu()
+        parameters = torch.stack([self.latent_cache[key] for key in keys]).to(self.device)
+        return DiagonalGaussianDistribution(parameters)  # (B, 2 * 4, h, w): mean and log-variance
+
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
+                control: torch.Tensor) -> torch.Tensor:
+        """UNet output with the ControlNet's residuals added: (B, 4, h, w)."""
+        if self.config.train.channels_last:
+            noisy_latents = noisy_latents.contiguous(memory_format=torch.channels_last)
+            control = control.contiguous(memory_format=torch.channels_last)
+        down_residuals, mid_residual = self.controlnet(
+            noisy_latents, timesteps, encoder_hidden_states=text, controlnet_cond=control, return_dict=False)
+        return self.unet(noisy_latents, timesteps, encoder_hidden_states=text,
+                         down_block_additional_residuals=down_residuals,
+                         mid_block_additional_residual=mid_residual, return_dict=False)[0]
+
+    def denoising_loss(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                       text: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
+        """MSE between the prediction and the scheduler's target (epsilon or v)."""
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)  # (B, 4, h, w)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        prediction = self.predict(noisy, timesteps, text, control)
+        return F.mse_loss(prediction.float(), target.float())
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """One micro-batch; its randomness is seeded by the batch's first draw number."""
+        generator = torch.Generator().manual_seed(
+            derived_seed(self.config.train.seed, NOISE_STREAM, int(batch["draw"][0])))
+        size = len(batch["caption"])
+        with torch.no_grad():
+            posterior = self.latent_distribution(batch["pixel_values"], batch["key"])
+            latents = posterior.sample(generator).float() * self.vae.config.scaling_factor  # (B, 4, h, w)
+            keep = torch.rand(size, generator=generator) >= self.config.train.prompt_dropout
+            text = self.encode_text([c if k else "" for c, k in zip(batch["caption"], keep)])
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (size,),
+                                  generator=generator).to(self.device)
+        loss = self.denoising_loss(latents, noise, timesteps, text, batch["control"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        return loss
+
+    @torch.no_grad()
+    def validation_loss(self, batch: dict) -> torch.Tensor:
+        """Denoising loss averaged over ``train.val_timesteps`` with noise fixed per sample key,
+        so it is comparable between steps and runs (captions kept, posterior mean)."""
+        posterior = self.latent_distribution(batch["pixel_values"], batch["key"])
+        latents = posterior.mode().float() * self.vae.config.scaling_factor  # (B, 4, h, w)
+        text = self.encode_text(list(batch["caption"]))
+        losses = []
+        for t in self.config.train.val_timesteps:
+            noise = torch.stack([
+                torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(
+                    derived_seed(zlib.crc32(key.encode()), t))) for key in batch["key"]]).to(latents)
+            timesteps = torch.full((len(latents),), t, device=self.device, dtype=torch.long)
+            losses.append(self.denoising_loss(latents, noise, timesteps, text, batch["control"]))
+        return torch.stack(losses).mean()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("val/loss", self.validation_loss(batch), sync_dist=True, batch_size=len(batch["key"]))
+
+    # ----- optimisation --------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict:
+        """AdamW (or 8-bit AdamW) with warm-up; the UNet decoder half at its own learning rate."""
+        train = self.config.train
+        groups = [{"params": list(self.controlnet.parameters()), "lr": train.learning_rate}]
+        unet_params = [p for p in self.unet.parameters() if p.requires_grad]
+        if unet_params:
+            groups.append({"params": unet_params, "lr": train.unet_learning_rate})
+        if train.optimizer == "adamw8bit":
+            import bitsandbytes
+
+            optimizer_class = bitsandbytes.optim.AdamW8bit
+        else:
+            optimizer_class = torch.optim.AdamW
+        optimizer = optimizer_class(groups, betas=(train.adam_beta1, train.adam_beta2),
+                                    eps=train.adam_epsilon, weight_decay=train.weight_decay)
+        scheduler = get_scheduler(LR_SCHEDULES[train.lr_scheduler], optimizer,
+                                  num_warmup_steps=train.warmup_steps, num_training_steps=train.max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        self._ema_step = self.global_step
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        """Update the EMA once per optimizer step (not per accumulated micro-batch)."""
+        if self.controlnet_ema is not None and self.global_step > self._ema_step:
+            self._ema_step = self.global_step
+            self.update_ema()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """EMA with diffusers' warm-up: decay min(ema_decay, (1 + step) / (10 + step))."""
+        step = self.global_step
+        decay = min(self.config.train.ema_decay, (1 + step) / (10 + step))
+        for average, current in zip(self.controlnet_ema.parameters(), self.controlnet.parameters()):
+            average.lerp_(current.detach(), 1.0 - decay)
+
+    # ----- checkpoints ---------------------------------------------------------------------------
+
+    def trainable_state_keys(self) -> set[str]:
+        """The state-dict keys a checkpoint holds: trained modules only."""
+        keys = {f"controlnet.{key}" for key in self.controlnet.state_dict()}
+        keys |= {f"unet.{name}" for name, p in self.unet.named_parameters() if p.requires_grad}
+        if self.controlnet_ema is not None:
+            keys |= {f"controlnet_ema.{key}" for key in self.controlnet_ema.state_dict()}
+        return keys
+
+    def checkpoint_metadata(self) -> dict:
+        """What rebuilds the model: ControlNet config, project config, EMA flag."""
+        return {"format_version": FORMAT_VERSION, "controlnet_config": controlnet_config_dict(self.controlnet),
+                "config": self.config.to_dict(), "ema": self.controlnet_ema is not None}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = self.trainable_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["semantic_compression"] = self.checkpoint_metadata()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint whose trained parts differ from this module's (EMA, UNet half)."""
+        found, expected = set(checkpoint["state_dict"]), self.trainable_state_keys()
+        if found != expected:
+            raise ValueError(
+                f"the checkpoint's trained weights do not match this configuration: "
+                f"{len(expected - found)} missing (e.g. {sorted(expected - found)[:2]}), "
+                f"{len(found - expected)} unexpected (e.g. {sorted(found - expected)[:2]}); "
+                f"train.unet_decoder and train.ema_decay must be as in the run that wrote it")
+
+    def export(self, output_dir: str | Path) -> Path:
+        """Write the ControlNet (EMA copy if any) as a ``save_pretrained`` folder plus metadata."""
+        source = self.controlnet_ema if self.controlnet_ema is not None else self.controlnet
+        unet_state = {name: p.detach() for name, p in self.unet.named_parameters() if p.requires_grad}
+        return export_controlnet(output_dir, controlnet_config_dict(self.controlnet), source.state_dict(),
+                                 unet_state, self.config, self.global_step)
+
+    # ----- validation images ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_images(self, control: torch.Tensor, captions: list[str], steps: int,
+                      guidance_scale: float, seed: int = 0) -> torch.Tensor:
+        """(B, 3, R, R) images in [0, 1] for (B, C, R, R) control images: DDIM (Song et al., 2021)
+        with classifier-free guidance, control applied to both branches as in diffusers."""
+        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
+        scheduler.set_timesteps(steps, device=self.device)
+        count, resolution = control.shape[0], control.shape[-1]
+        text = torch.cat([self.encode_text([""] * count), self.encode_text(list(captions))])
+        shape = (count, self.unet.config.in_channels, resolution // self.vae_scale_factor,
+                 resolution // self.vae_scale_factor)
+        latents = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        latents = latents * scheduler.init_noise_sigma
+        control = torch.cat([control, control]).to(self.device)
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            unconditional, conditional = self.predict(model_input, t, text, control).float().chunk(2)
+            guided = unconditional + guidance_scale * (conditional - unconditional)
+            latents = scheduler.step(guided, t, latents).prev_sample
+        images = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
+        return ((images.float() + 1) / 2).clamp(0, 1)
+
+    def on_validation_epoch_end(self) -> None:
+        """Rank 0 decodes the fixed validation maps and logs the grid (control | sample | photo)."""
+        train = self.config.train
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not self.trainer.is_global_zero or not hasattr(datamodule, "validation_examples"):
+            return
+        examples = datamodule.validation_examples(train.num_validation_images)
+        if examples is None:
+            return
+        with self.trainer.precision_plugin.forward_context():
+            samples = self.sample_images(examples["control"], examples["caption"],
+                                         train.validation_inference_steps, train.validation_guidance_scale)
+        self.log_image_grid(examples, samples.cpu())
+
+    def log_image_grid(self, examples: dict, samples: torch.Tensor) -> None:
+        """Write the grid under ``run_dir/validation/`` and to TensorBoard."""
+        from pytorch_lightning.loggers import TensorBoardLogger
+        from torchvision.utils import make_grid
+        from PIL import Image
+
+        from models.imageio import atomic_save_image
+
+        rows = [self.control_preview(examples["control"]), samples, (examples["pixel_values"] + 1) / 2]
+        grid = make_grid(torch.cat(rows), nrow=len(samples), padding=2)  # (3, H, W)
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("val/control_sample_photo", grid, self.global_step)
+        if self.run_dir is not None:
+            pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            atomic_save_image(Image.fromarray(pixels),
+                              self.run_dir / "validation" / f"step-{self.global_step:07d}.png")
+
+    def control_preview(self, control: torch.Tensor) -> torch.Tensor:
+        """(B, 3, R, R) in [0, 1]: palette control images as they are, one-hot ones coloured."""
+        if self.config.diffusion.conditioning == "palette":
+            return control.float()
+        label_map = torch.where(control.sum(1) > 0, control.argmax(1), 255)  # (B, R, R)
+        colors = torch.from_numpy(get_palette(self.config.diffusion.palette)).float() / 255
+        return colors[label_map].permute(0, 3, 1, 2)
+
+
+def export_controlnet(output_dir: str | Path, controlnet_config: dict, controlnet_state: dict,
+                      unet_state: dict, config: Config, global_step: int) -> Path:
+    """Write ``save_pretrained`` ControlNet + ``semantic_compression.json`` (+ UNet overlay)."""
+    from safetensors.torch import save_file
+
+    output_dir = Path(output_dir)
+    controlnet = ControlNetModel.from_config(controlnet_config)
+    controlnet.load_state_dict({k: v.float().cpu() for k, v in controlnet_state.items()})
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        controlnet.save_pretrained(staging, safe_serialization=True)
+        if unet_state:
+            save_file({k: v.float().cpu().contiguous() for k, v in unet_state.items()},
+                      str(staging / UNET_EXPORT_FILE))
+        info = {"conditioning": config.diffusion.conditioning, "palette": config.diffusion.palette,
+                "num_classes": config.segmentation.num_classes, "resolution": config.diffusion.resolution,
+                "sd_model_path": config.diffusion.sd_model_path, "format_version": FORMAT_VERSION,
+                "global_step": int(global_step), "unet_trainable": bool(unet_state)}
+        (staging / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
+
+
+def load_training_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint, loaded without unpickling code (``weights_only=True``)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    meta = checkpoint.get("semantic_compression") if isinstance(checkpoint, dict) else None
+    if not meta or meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: not a training checkpoint of this project (format {FORMAT_VERSION})")
+    return checkpoint
+
+
+def export_checkpoint(checkpoint_path: str | Path, output_dir: str | Path) -> Path:
+    """Export a training checkpoint's ControlNet (EMA weights when present)."""
+    checkpoint = load_training_checkpoint(checkpoint_path)
+    meta, state = checkpoint["semantic_compression"], checkpoint["state_dict"]
+    prefix = "controlnet_ema." if meta["ema"] else "controlnet."
+    controlnet_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    unet_state = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
+    return export_controlnet(output_dir, meta["controlnet_config"], controlnet_state, unet_state,
+                             config_from_dict(meta["config"]), checkpoint.get("global_step", 0))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Export a training checkpoint as a ControlNet folder.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export", help="checkpoint -> save_pretrained ControlNet folder",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    export.add_argument("checkpoint", help="a .ckpt written by train.py")
+    export.add_argument("output_dir", help="folder to write (replaced if it exists)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        output_dir = export_checkpoint(args.checkpoint, args.output_dir)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"error: {args.checkpoint}: {error}", file=sys.stderr)
+        return 2
+    print(f"exported ControlNet to {output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""One training run of the decoder: its folder, the Lightning Trainer, resume and export.
+
+Run folder (``train.output_dir``), written by rank 0 only:
+
+    config.yaml                the full config the run used
+    checkpoints/step-NNNNNNN.ckpt  Lightning checkpoints (trainable weights + optimizer state)
+    logs/tensorboard/version_K/    TensorBoard events (loss, learning rate, image grids)
+    logs/csv/version_K/metrics.csv the same scalars as CSV
+    validation/step-NNNNNNN.png    image grids: control image | sample | photograph
+    controlnet/                    the exported ControlNet (save_pretrained + metadata)
+
+``--resume last`` continues from the newest ``step-*.ckpt``; a fresh run refuses a folder that
+already holds checkpoints, so two runs never mix.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.strategies import DDPStrategy
+
+from models.config import Config, save_config
+from models.controlnet_module import ControlNetModule
+from models.data import DecoderDataModule
+from models.diffusion import SDComponents
+from models.runtime import DeviceSpec, is_global_zero
+
+CHECKPOINT_PATTERN = re.compile(r"step-(\d+)\.ckpt$")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run writes each kind of output."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def controlnet(self) -> Path:
+        return self.root / "controlnet"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:07d}.ckpt"
+
+
+def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The ``step-*.ckpt`` with the highest step, or None."""
+    found = [(int(m.group(1)), path) for path in checkpoint_dir.glob("step-*.ckpt")
+             if (m := CHECKPOINT_PATTERN.search(path.name))]
+    return max(found)[1] if found else None
+
+
+def resolve_resume(resume: str | None, paths: RunPaths) -> Path | None:
+    """The checkpoint to resume from (``last``: the newest of this run); checks a fresh run's folder."""
+    if resume is None:
+        existing = newest_checkpoint(paths.checkpoints) if paths.checkpoints.is_dir() else None
+        if existing is not None:
+            raise ValueError(f"{paths.root} already holds checkpoints ({existing.name}); continue it with "
+                             f"--resume last, or choose another --output_dir")
+        return None
+    if resume == "last":
+        path = newest_checkpoint(paths.checkpoints) if paths.checkpoints.is_dir() else None
+        if path is None:
+            raise ValueError(f"--resume last: no step-*.ckpt in {paths.checkpoints}")
+        return path
+    if not Path(resume).is_file():
+        raise ValueError(f"--resume {resume}: no such checkpoint file")
+    return Path(resume)
+
+
+class FinalCheckpoint(Callback):
+    """Saves the last step when it is not a multiple of the periodic interval."""
+
+    def __init__(self, paths: RunPaths, every_n_steps: int):
+        self.paths, self.every_n_steps = paths, every_n_steps
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.global_step
+        if step > 0 and step % self.every_n_steps:  # same decision on every rank
+            trainer.save_checkpoint(self.paths.checkpoint(step), weights_only=False)
+
+
+def build_trainer(config: Config, spec: DeviceSpec, paths: RunPaths, has_validation: bool,
+                  progress_bar: bool = True) -> pl.Trainer:
+    """A Trainer that checkpoints, validates and logs as ``config.train`` says."""
+    train = config.train
+    periodic = ModelCheckpoint(dirpath=paths.checkpoints, filename="step-{step:07d}",
+                               auto_insert_metric_name=False, every_n_train_steps=train.checkpoint_every_n_steps,
+                               save_top_k=train.keep_checkpoints, monitor="step", mode="max")
+    strategy = DDPStrategy(find_unused_parameters=False) if spec.world_size > 1 else "auto"
+    return pl.Trainer(
+        accelerator=spec.accelerator, devices=spec.devices, num_nodes=spec.num_nodes, strategy=strategy,
+        precision=train.precision, max_steps=train.max_steps,
+        accumulate_grad_batches=train.accumulate_grad_batches, gradient_clip_val=train.max_grad_norm,
+        val_check_interval=train.val_every_n_steps * train.accumulate_grad_batches,
+        check_val_every_n_epoch=None, limit_val_batches=1.0 if has_validation else 0,
+        num_sanity_val_steps=0, log_every_n_steps=train.log_every_n_steps,
+        logger=[TensorBoardLogger(paths.logs, name="tensorboard"), CSVLogger(paths.logs, name="csv")],
+        callbacks=[periodic, FinalCheckpoint(paths, train.checkpoint_every_n_steps),
+                   LearningRateMonitor(logging_interval="step")],
+        use_distributed_sampler=False,  # EndlessShardSampler shards and resumes the data itself
+        enable_progress_bar=progress_bar, default_root_dir=paths.root,
+    )
+
+
+@dataclass
+class TrainResult:
+    """What a finished run left behind (meaningful on rank 0)."""
+
+    global_step: int
+    checkpoint: Path | None
+    controlnet_dir: Path | None
+    is_global_zero: bool
+
+
+def run_training(config: Config, spec: DeviceSpec, resume: str | None = None,
+                 components: SDComponents | None = None, progress_bar: bool = True) -> TrainResult:
+    """Train, checkpoint and export; every rank calls this (DDP re-runs the script per rank)."""
+    paths = RunPaths(Path(config.train.output_dir))
+    resume_path = resolve_resume(resume, paths)
+    datamodule = DecoderDataModule(config)
+    if is_global_zero():
+        save_config(config, paths.config)
+        print(f"run folder {paths.root}: {spec.world_size} process(es) x batch {config.train.batch_size} "
+              f"x accumulation {config.train.accumulate_grad_batches} = "
+              f"{spec.world_size * config.train.batch_size * config.train.accumulate_grad_batches} "
+              f"images per step" + (f"; resuming from {resume_path}" if resume_path else ""))
+    module = ControlNetModule(config, components, run_dir=paths.root)
+    trainer = build_trainer(config, spec, paths, datamodule.val_dataset is not None, progress_bar)
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # frozen SD1.5
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path, weights_only=True)
+    if not trainer.is_global_zero:
+        return TrainResult(trainer.global_step, None, None, False)
+    export_dir = module.export(paths.controlnet)
+    return TrainResult(trainer.global_step, newest_checkpoint(paths.checkpoints), export_dir, True)
