@@ -18,8 +18,6 @@ import sys
 from pathlib import Path
 
 from models.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from models.controlnet_module import check_train_config
-from models.data import DataError
 from models.runtime import add_device_arguments, resolve_devices
 
 FLAG_KEYS = {  # flag -> config key it overrides
@@ -85,6 +83,10 @@ def yaml_scalar(value: object) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from models.controlnet_module import check_train_config  # torch and diffusers: after --help
+    from models.data import DataError
+    from models.train_job import run_training
+
     try:
         config = load_config(args.config_path, config_overrides(args))
         check_train_config(config)
@@ -92,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from models.train_job import run_training  # heavy imports after the cheap checks
-
     try:
         result = run_training(config, spec, resume=args.resume, progress_bar=not args.no_progress_bar)
     except (DataError, OSError, ValueError, ConfigError) as error:

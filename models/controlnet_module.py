@@ -180,10 +180,12 @@ class ControlNetModule(pl.LightningModule):
         return self
 
     def setup(self, stage: str) -> None:
-        """Under mixed precision keep frozen weights in half precision, trainable ones in fp32."""
         dtype = HALF_DTYPES.get(str(self.trainer.precision))
-        if dtype is None:
-            return
+        if dtype is not None:
+            self.cast_frozen(dtype)
+
+    def cast_frozen(self, dtype: torch.dtype) -> None:
+        """Frozen weights in ``dtype`` (half the memory under mixed precision); trained ones stay fp32."""
         self.vae.to(dtype)
         self.text_encoder.to(dtype)
         self.unet.to(dtype)

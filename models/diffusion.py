@@ -83,6 +83,7 @@ def load_sd_components(sd_model_path: str, dtype: torch.dtype = torch.float32,
 def _load_single_file(path: Path, dtype: torch.dtype, config_dir: str | Path | None) -> SDComponents:
     """Convert an original-layout checkpoint with diffusers' single-file loader, offline."""
     from diffusers import StableDiffusionPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     if not path.is_file():
         raise OSError(f"cannot load Stable Diffusion components: {path} is not a file")
@@ -91,7 +92,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, config_dir: str | Path | N
             pipeline = StableDiffusionPipeline.from_single_file(
                 str(path), config=str(folder), local_files_only=True, torch_dtype=dtype,
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        except (OSError, ValueError, KeyError, RuntimeError) as error:
+        except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as error:
             raise OSError(f"cannot load {path} as a single-file SD1.5 checkpoint: "
                           f"{str(error).splitlines()[0]}") from None
     return SDComponents(vae=pipeline.vae, text_encoder=pipeline.text_encoder, tokenizer=pipeline.tokenizer,

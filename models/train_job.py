@@ -145,6 +145,8 @@ def run_training(config: Config, spec: DeviceSpec, resume: str | None = None,
     module = ControlNetModule(config, components, run_dir=paths.root)
     trainer = build_trainer(config, spec, paths, datamodule.val_dataset is not None, progress_bar)
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # frozen SD1.5
+    if resume_path is not None:
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path, weights_only=True)
     if not trainer.is_global_zero:
         return TrainResult(trainer.global_step, None, None, False)

@@ -1,0 +1,180 @@
+import json
+import warnings
+
+import pytest
+import torch
+from diffusers import ControlNetModel, DDPMScheduler
+from safetensors.torch import load_file
+
+from models.config import ConfigError, apply_overrides, load_config
+from models.controlnet_module import (ControlNetModule, check_train_config, export_checkpoint,
+                                      hint_channels, main)
+from models.diffusion import load_sd_components
+
+pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+
+
+@pytest.fixture(scope="module")
+def components(tiny_config):
+    return load_sd_components(load_config(tiny_config).diffusion.sd_model_path)
+
+
+def make_module(tiny_config, components, *overrides):
+    config = load_config(tiny_config, ["diffusion.controlnet_path=null", *overrides])
+    fresh = load_sd_components(config.diffusion.sd_model_path)  # modules are modified in place
+    return ControlNetModule(config, fresh)
+
+
+def make_batch(module, size=2):
+    generator = torch.Generator().manual_seed(0)
+    resolution = module.config.diffusion.resolution
+    channels = module.controlnet.config.conditioning_channels
+    return {"pixel_values": torch.rand(size, 3, resolution, resolution, generator=generator) * 2 - 1,
+            "control": torch.rand(size, channels, resolution, resolution, generator=generator).round(),
+            "caption": ["a red circle", "a dog on grass"][:size], "key": [f"train/{i}.png" for i in range(size)],
+            "draw": torch.arange(size)}
+
+
+def test_sd_is_frozen_and_only_the_controlnet_learns(tiny_config, components):
+    module = make_module(tiny_config, components, "diffusion.conditioning=onehot")
+    assert module.controlnet.config.conditioning_channels == 21
+    assert module.controlnet.controlnet_cond_embedding.conv_in.in_channels == 21
+    assert hint_channels(module.vae_scale_factor) == (16, 32) and hint_channels(8) == (16, 32, 96, 256)
+    module.train()
+    assert not (module.vae.training or module.text_encoder.training or module.unet.training)
+    assert module.controlnet.training
+    loss = module.training_step(make_batch(module), 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for frozen in (module.vae, module.text_encoder, module.unet):
+        assert all(not p.requires_grad and p.grad is None for p in frozen.parameters())
+    assert all(p.grad is not None for p in module.controlnet.parameters())
+    assert {k.split(".")[0] for k in module.trainable_state_keys()} == {"controlnet"}
+
+
+def test_unet_decoder_half_trains_at_its_own_rate(tiny_config, components):
+    module = make_module(tiny_config, components, "train.unet_decoder=true", "train.unet_learning_rate=0.5",
+                         "train.ema_decay=0.99")
+    trainable = [name for name, p in module.unet.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith(("up_blocks.", "conv_norm_out.", "conv_out.")) for n in trainable)
+    assert not any(p.requires_grad for p in module.unet.down_blocks.parameters())
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert [group["initial_lr"] for group in optimizer.param_groups] == [1e-5, 0.5]  # before warm-up
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(module.controlnet.parameters())) + len(trainable)
+    keys = module.trainable_state_keys()
+    assert {k.split(".")[0] for k in keys} == {"controlnet", "unet", "controlnet_ema"}
+    assert {k[len("unet."):] for k in keys if k.startswith("unet.")} == set(trainable)
+
+
+def test_checkpoint_hook_keeps_only_trained_weights_and_loads_with_weights_only(tiny_config, components, tmp_path):
+    module = make_module(tiny_config, components, "train.ema_decay=0.9")
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert set(checkpoint["state_dict"]) == module.trainable_state_keys()
+    assert not any(k.startswith(("vae.", "text_encoder.", "unet.")) for k in checkpoint["state_dict"])
+    torch.save(checkpoint, tmp_path / "c.ckpt")
+    loaded = torch.load(tmp_path / "c.ckpt", map_location="cpu", weights_only=True)
+    meta = loaded["semantic_compression"]
+    assert meta["format_version"] == 1 and meta["ema"] is True
+    assert meta["config"]["train"]["ema_decay"] == 0.9
+    rebuilt = ControlNetModel(**meta["controlnet_config"])
+    rebuilt.load_state_dict({k[len("controlnet."):]: v for k, v in loaded["state_dict"].items()
+                             if k.startswith("controlnet.")})
+    other = make_module(tiny_config, components)  # no EMA: the checkpoint does not fit it
+    with pytest.raises(ValueError, match="unexpected"):
+        other.on_load_checkpoint(loaded)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_the_loss_targets_the_schedulers_prediction_type(tiny_config, components, prediction_type):
+    module = make_module(tiny_config, components)
+    module.noise_scheduler = DDPMScheduler.from_config(module.noise_scheduler.config, prediction_type=prediction_type)
+    latents, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    timesteps = torch.tensor([10, 900])
+    velocity = module.noise_scheduler.get_velocity(latents, noise, timesteps)
+    right, wrong = (noise, velocity) if prediction_type == "epsilon" else (velocity, noise)
+    module.predict = lambda *args: right
+    assert module.denoising_loss(latents, noise, timesteps, None, None) == 0
+    module.predict = lambda *args: wrong
+    assert module.denoising_loss(latents, noise, timesteps, None, None) > 0.1
+
+
+@pytest.mark.parametrize("dropout,expected_empty", [(0.0, 0), (1.0, 2)])
+def test_prompt_dropout_replaces_captions_by_empty_strings(tiny_config, components, dropout, expected_empty):
+    module = make_module(tiny_config, components, f"train.prompt_dropout={dropout}")
+    seen = []
+    original = module.encode_text
+    module.encode_text = lambda captions: seen.extend(captions) or original(captions)
+    module.training_step(make_batch(module), 0)
+    assert sum(caption == "" for caption in seen) == expected_empty
+
+
+def test_latent_and_text_caches_encode_each_item_once(tiny_config, components):
+    module = make_module(tiny_config, components, "train.cache_latents=true", "train.random_crop=false",
+                         "train.random_flip=false")
+    calls = []
+    encode = module.vae.encode
+    module.vae.encode = lambda x: calls.append(len(x)) or encode(x)
+    batch = make_batch(module)
+    first = module.latent_distribution(batch["pixel_values"], batch["key"]).mean
+    again = module.latent_distribution(batch["pixel_values"] * 0, batch["key"]).mean  # served from cache
+    assert calls == [2] and torch.equal(first, again)
+    assert torch.equal(module.encode_text(["a dog"]), module.encode_text(["a dog"]))
+    assert set(module.text_cache) == {"a dog"}
+
+
+def test_flag_combinations_that_cannot_work_are_refused(tiny_config):
+    config = load_config(tiny_config)
+    for overrides, message in ((["train.cache_latents=true"], "random_crop=false"),
+                               (["diffusion.resolution=60"], "multiple of 8"),
+                               (["train.prompt_dropout=1.5"], "prompt_dropout"),
+                               (["train.optimizer=adamw8bit"], "bitsandbytes")):
+        try:
+            import bitsandbytes  # noqa: F401
+            if "bitsandbytes" in message:
+                continue
+        except ImportError:
+            pass
+        with pytest.raises(ConfigError, match=message):
+            check_train_config(apply_overrides(load_config(tiny_config), overrides))
+    check_train_config(config)
+
+
+def test_export_writes_the_ema_controlnet_and_the_unet_overlay(tiny_config, components, tmp_path):
+    module = make_module(tiny_config, components, "train.unet_decoder=true", "train.ema_decay=0.5")
+    with torch.no_grad():
+        for p in module.controlnet.parameters():
+            p.add_(1.0)
+        module.update_ema()  # the EMA now differs from both the start and the live weights
+    exported = module.export(tmp_path / "controlnet")
+    loaded = ControlNetModel.from_pretrained(exported)
+    for key, value in module.controlnet_ema.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    assert not torch.equal(loaded.conv_in.weight, module.controlnet.conv_in.weight)
+    info = json.loads((exported / "semantic_compression.json").read_text())
+    assert info["conditioning"] == "palette" and info["palette"] == "voc" and info["num_classes"] == 21
+    assert info["resolution"] == 64 and info["sd_model_path"] == module.config.diffusion.sd_model_path
+    overlay = load_file(exported / "unet_trainable.safetensors")
+    assert set(overlay) == {n for n, p in module.unet.named_parameters() if p.requires_grad}
+
+    checkpoint = {"state_dict": module.state_dict(), "global_step": 3}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "step.ckpt")
+    assert main(["export", str(tmp_path / "step.ckpt"), str(tmp_path / "again")]) == 0
+    again = ControlNetModel.from_pretrained(tmp_path / "again")
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in loaded.state_dict().items())
+    assert json.loads((tmp_path / "again/semantic_compression.json").read_text())["global_step"] == 3
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(ValueError, match="not a training checkpoint"):
+        export_checkpoint(tmp_path / "foreign.ckpt", tmp_path / "x")
+
+
+def test_validation_sampling_gives_images_in_range(tiny_config, components):
+    module = make_module(tiny_config, components)
+    batch = make_batch(module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        images = module.sample_images(batch["control"], batch["caption"], steps=2, guidance_scale=3.0)
+    assert images.shape == (2, 3, 64, 64) and 0 <= images.min() and images.max() <= 1
+    loss = module.validation_loss(batch)
+    assert torch.isfinite(loss) and loss == module.validation_loss(batch)  # fixed noise and timesteps

@@ -1,0 +1,108 @@
+"""train.py end to end: DDP on two CPU processes, exact resume, checkpoint contents and size."""
+
+import csv
+import json
+
+import pytest
+import torch
+from diffusers import ControlNetModel
+
+import train
+from models.config import load_config
+from models.diffusion import load_sd_components
+from models.shapes import write_shapes_dataset
+from tests.conftest import run_script
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    write_shapes_dataset(root, {"train": 12, "val": 4}, size=64, seed=0)
+    return root
+
+
+def test_ddp_on_two_cpu_processes_writes_one_checkpoint_and_one_export(tiny_config, shapes_data, tmp_path):
+    run = tmp_path / "run"
+    result = run_script("train.py", "--config_path", tiny_config, "--data_root", shapes_data,
+                        "--output_dir", run, "--accelerator", "cpu", "--devices", "2", "--max_steps", "6",
+                        "--batch_size_per_gpu", "2", "--override", "train.val_every_n_steps=3",
+                        "--override", "train.log_every_n_steps=1", "--no_progress_bar")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "2 process(es) x batch 2 x accumulation 1 = 4 images per step" in result.stdout
+    assert "train: 12 image/label-map/caption pairs" in result.stdout
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000006.ckpt"]
+    checkpoint = torch.load(run / "checkpoints/step-0000006.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 6
+    exported = ControlNetModel.from_pretrained(run / "controlnet")
+    assert set(checkpoint["state_dict"]) == {f"controlnet.{k}" for k in exported.state_dict()}
+    for key, value in exported.state_dict().items():
+        assert torch.equal(checkpoint["state_dict"][f"controlnet.{key}"], value)
+    assert json.loads((run / "controlnet/semantic_compression.json").read_text())["global_step"] == 6
+    with open(next((run / "logs/csv").glob("version_*/metrics.csv"))) as handle:
+        rows = list(csv.DictReader(handle))
+    assert len([r for r in rows if r.get("val/loss")]) == 2 and any(r.get("train/loss") for r in rows)
+    assert sorted(p.name for p in (run / "validation").iterdir()) == ["step-0000003.png", "step-0000006.png"]
+    assert load_config(run / "config.yaml").train.max_steps == 6
+    assert any((run / "logs/tensorboard").glob("version_*/events.*"))
+
+
+def _common(tiny_config, shapes_data):
+    return ["--config_path", str(tiny_config), "--data_root", str(shapes_data), "--accelerator", "cpu",
+            "--devices", "1", "--batch_size_per_gpu", "2", "--learning_rate", "1e-3", "--no_progress_bar",
+            "--override", "diffusion.resolution=32", "--override", "train.warmup_steps=4",
+            "--override", "train.val_every_n_steps=100", "--override", "train.ema_decay=0.9",
+            "--override", "train.accumulate_grad_batches=2"]
+
+
+@pytest.fixture(scope="module")
+def resumed_and_straight_runs(tiny_config, shapes_data, tmp_path_factory):
+    """3 steps, then a resume to 6 steps; and 6 steps in one run."""
+    common = _common(tiny_config, shapes_data)
+    interrupted, straight = tmp_path_factory.mktemp("interrupted"), tmp_path_factory.mktemp("straight")
+    assert train.main(common + ["--output_dir", str(interrupted), "--max_steps", "3"]) == 0
+    assert train.main(common + ["--output_dir", str(interrupted), "--max_steps", "3"]) == 2  # no mixing
+    assert train.main(common + ["--output_dir", str(interrupted), "--max_steps", "6", "--resume", "last"]) == 0
+    assert train.main(common + ["--output_dir", str(straight), "--max_steps", "6"]) == 0
+    return interrupted, straight
+
+
+def test_resume_continues_exactly_where_training_stopped(resumed_and_straight_runs):
+    """Resumed equals straight bitwise (tolerance 0, CPU) for the ControlNet, its EMA, the AdamW
+    moments and the learning-rate schedule, with the warm-up (4 steps) and the gradient
+    accumulation (2 micro-batches) spanning the interruption."""
+    interrupted, straight = resumed_and_straight_runs
+    resumed = torch.load(interrupted / "checkpoints/step-0000006.ckpt", weights_only=True)
+    direct = torch.load(straight / "checkpoints/step-0000006.ckpt", weights_only=True)
+    middle = torch.load(interrupted / "checkpoints/step-0000003.ckpt", weights_only=True)
+    assert resumed["state_dict"].keys() == direct["state_dict"].keys()
+    assert any(k.startswith("controlnet_ema.") for k in resumed["state_dict"])
+    for key, value in direct["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    assert any(not torch.equal(middle["state_dict"][k], v) for k, v in direct["state_dict"].items())
+    resumed_moments = resumed["optimizer_states"][0]["state"]
+    for index, state in direct["optimizer_states"][0]["state"].items():
+        assert torch.equal(resumed_moments[index]["exp_avg_sq"], state["exp_avg_sq"])
+    assert resumed["lr_schedulers"] == direct["lr_schedulers"]
+
+
+def test_the_checkpoint_holds_no_frozen_weights(tiny_config, resumed_and_straight_runs):
+    """Keys: the ControlNet and its EMA only. Size: those two plus the two AdamW moments of the
+    ControlNet, plus a little metadata; the frozen VAE, text encoder and UNet would add their size."""
+    path = resumed_and_straight_runs[1] / "checkpoints/step-0000006.ckpt"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    assert {k.split(".")[0] for k in checkpoint["state_dict"]} == {"controlnet", "controlnet_ema"}
+    components = load_sd_components(load_config(tiny_config).diffusion.sd_model_path)
+    frozen_bytes = sum(p.numel() * 4 for m in (components.vae, components.text_encoder, components.unet)
+                       for p in m.parameters())
+    controlnet_bytes = sum(v.numel() * 4 for k, v in checkpoint["state_dict"].items() if k.startswith("controlnet."))
+    size = path.stat().st_size
+    # measured: 4 x 2.74 MB of tensors + 0.07 MB; the frozen weights are 8.4 MB
+    assert 4 * controlnet_bytes < size < 4 * controlnet_bytes + 0.05 * frozen_bytes
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tiny_config, shapes_data, tmp_path, capsys):
+    common = _common(tiny_config, shapes_data)
+    assert train.main(common + ["--output_dir", str(tmp_path / "empty"), "--resume", "last"]) == 2
+    assert "no step-*.ckpt" in capsys.readouterr().err
+    assert train.main(common + ["--data_root", str(tmp_path), "--output_dir", str(tmp_path / "r")]) == 2
+    assert "no training pairs" in capsys.readouterr().err
