@@ -23,7 +23,9 @@ from models.diffusion import load_sd_components
 from models.runtime import DeviceSpec
 from models.shapes import write_shapes_dataset
 from models.train_job import run_training
+from tests.threads import one_cpu_thread  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 STEPS = 250
 RESOLUTION = 32
 

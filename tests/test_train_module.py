@@ -10,8 +10,10 @@ from models.config import ConfigError, apply_overrides, load_config
 from models.controlnet_module import (ControlNetModule, check_train_config, export_checkpoint,
                                       hint_channels, main)
 from models.diffusion import load_sd_components
+from tests.threads import one_cpu_thread  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+pytestmark = [pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`"),
+              pytest.mark.usefixtures("one_cpu_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,11 @@ import train
 from models.config import load_config
 from models.diffusion import load_sd_components
 from models.shapes import write_shapes_dataset
+from tests.threads import one_cpu_thread  # noqa: F401  (fixture)
 from tests.conftest import run_script
 
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 @pytest.fixture(scope="module")
 def shapes_data(tmp_path_factory):
@@ -55,7 +58,7 @@ def _common(tiny_config, shapes_data):
 
 
 @pytest.fixture(scope="module")
-def resumed_and_straight_runs(tiny_config, shapes_data, tmp_path_factory):
+def resumed_and_straight_runs(one_cpu_thread, tiny_config, shapes_data, tmp_path_factory):
     """3 steps, then a resume to 6 steps; and 6 steps in one run."""
     common = _common(tiny_config, shapes_data)
     interrupted, straight = tmp_path_factory.mktemp("interrupted"), tmp_path_factory.mktemp("straight")
