@@ -109,3 +109,23 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tiny_config, shapes_data, 
     assert "no step-*.ckpt" in capsys.readouterr().err
     assert train.main(common + ["--data_root", str(tmp_path), "--output_dir", str(tmp_path / "r")]) == 2
     assert "no training pairs" in capsys.readouterr().err
+
+
+def test_every_memory_and_speed_option_trains_together(tiny_config, shapes_data, tmp_path):
+    """bf16 autocast (CPU), gradient checkpointing, channels_last, plain attention, latent and
+    text caching, one-hot control, the UNet decoder half and EMA in one short run."""
+    options = ["diffusion.controlnet_path=null", "diffusion.conditioning=onehot", "train.gradient_checkpointing=true",
+               "train.channels_last=true", "train.attention=eager", "train.cache_latents=true",
+               "train.random_crop=false", "train.random_flip=false", "train.unet_decoder=true",
+               "train.ema_decay=0.99", "train.accumulate_grad_batches=1", "train.val_every_n_steps=2"]
+    arguments = _common(tiny_config, shapes_data) + ["--output_dir", str(tmp_path / "run"), "--max_steps", "2",
+                                                     "--precision", "bf16-mixed"]
+    for option in options:
+        arguments += ["--override", option]
+    assert train.main(arguments) == 0
+    checkpoint = torch.load(tmp_path / "run/checkpoints/step-0000002.ckpt", weights_only=True)
+    assert {k.split(".")[0] for k in checkpoint["state_dict"]} == {"controlnet", "controlnet_ema", "unet"}
+    assert all(v.dtype == torch.float32 for v in checkpoint["state_dict"].values())  # trained in fp32
+    assert ControlNetModel.from_pretrained(tmp_path / "run/controlnet").config.conditioning_channels == 21
+    assert (tmp_path / "run/controlnet/unet_trainable.safetensors").exists()
+    assert (tmp_path / "run/validation/step-0000002.png").exists()
