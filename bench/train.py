@@ -189,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker is not None:
         print(json.dumps(run_worker(args)))
         return 0
-    forwarded = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--variants"
-                 and a not in VARIANTS]
+    forwarded = [f"--{key}={getattr(args, key)}" for key in
+                 ("components", "device", "resolution", "batch_size", "precision", "steps", "warmup", "seed")]
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"components {args.components}, {device_name}, resolution {args.resolution}, batch {args.batch_size}, "
           f"precision {args.precision}, {args.steps} timed steps after {args.warmup}\n")
