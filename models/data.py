@@ -108,11 +108,13 @@ def index_split(data_root: str | Path, split: str, check_headers: bool = True) -
     images = {f.relpath: f.path for f in walk_files(image_dir)} if image_dir.is_dir() else {}
     label_maps = {f.relpath: f.path for f in walk_files(label_dir)
                   if f.relpath.endswith(".png")} if label_dir.is_dir() else {}
-    matched_maps = set()
+    matched_maps: set[str] = set()
     for relpath, image_path in images.items():
-        label_rel = str(Path(relpath).with_suffix(".png").as_posix())
+        label_rel = Path(relpath).with_suffix(".png").as_posix()
         if not is_image_name(relpath):
             index.skip("files that are not images (by extension)", relpath)
+        elif label_rel in matched_maps:  # a.jpg and a.png: one label map, which image is it?
+            index.skip("images whose label map name another image also has", relpath)
         elif label_rel not in label_maps:
             index.skip("images without a label map", relpath)
         elif relpath not in captions:

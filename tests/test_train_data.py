@@ -29,18 +29,18 @@ def _write_pair(root: Path, split: str, rel: str, size=(40, 30), label_size=None
 
 
 def test_pairs_matched_by_relative_path_and_every_problem_counted(tmp_path):
-    for rel in ("a.png", "sub/b.png", "no_caption.png", "wrong_size.png"):
+    for rel in ("a.png", "sub/b.png", "no_caption.png", "wrong_size.png", "twin.jpg", "twin.png"):
         _write_pair(tmp_path, "train", rel, label_size=(20, 20) if rel == "wrong_size.png" else None)
     (tmp_path / "original_images/train/no_map.png").write_bytes(
         (tmp_path / "original_images/train/a.png").read_bytes())
     (tmp_path / "original_images/train/notes.txt").write_text("x")
     label_map_to_pil(np.zeros((4, 4), np.uint8)).save(tmp_path / "segmented_images/train/orphan.png")
     prompts = {"a.png": "a dog", "sub/b.png": "a cat", "no_map.png": "x", "wrong_size.png": "y",
-               "gone.jpg": "z"}
+               "gone.jpg": "z", "twin.jpg": "t", "twin.png": "t"}
     (tmp_path / "segmented_images/train/prompts.json").write_text(json.dumps(prompts))
     index = index_split(tmp_path, "train")
-    assert [p.key for p in index.pairs] == ["train/a.png", "train/sub/b.png"]
-    assert [p.caption for p in index.pairs] == ["a dog", "a cat"]
+    assert [p.key for p in index.pairs] == ["train/a.png", "train/twin.jpg", "train/sub/b.png"]
+    assert [p.caption for p in index.pairs] == ["a dog", "t", "a cat"]
     problems = {kind: sorted(paths) for kind, paths in index.problems.items()}
     assert problems == {
         "images without a label map": ["no_map.png"],
@@ -49,9 +49,10 @@ def test_pairs_matched_by_relative_path_and_every_problem_counted(tmp_path):
         "files that are not images (by extension)": ["notes.txt"],
         "label maps without an image": ["orphan.png"],
         "captions without an image": ["gone.jpg"],
+        "images whose label map name another image also has": ["twin.png"],
     }
     report = "\n".join(index.report())
-    assert "train: 2 image/label-map/caption pairs" in report and "skipped 1 captions without an image" in report
+    assert "train: 3 image/label-map/caption pairs" in report and "skipped 1 captions without an image" in report
 
 
 def test_captions_from_a_whole_tree_prompts_file(tmp_path):

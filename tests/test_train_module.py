@@ -10,6 +10,7 @@ from models.config import ConfigError, apply_overrides, load_config
 from models.controlnet_module import (ControlNetModule, check_train_config, export_checkpoint,
                                       hint_channels, main)
 from models.diffusion import load_sd_components
+from tests.conftest import REPO
 from tests.threads import one_cpu_thread  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`"),
@@ -123,6 +124,12 @@ def test_latent_and_text_caches_encode_each_item_once(tiny_config, components):
     assert calls == [2] and torch.equal(first, again)
     assert torch.equal(module.encode_text(["a dog"]), module.encode_text(["a dog"]))
     assert set(module.text_cache) == {"a dog"}
+
+
+def test_the_example_experiment_config_is_valid():
+    config = load_config(REPO / "configs/train_example.yaml")
+    check_train_config(config)
+    assert config.train.precision == "bf16-mixed" and config.train.ema_decay == 0.9999
 
 
 def test_flag_combinations_that_cannot_work_are_refused(tiny_config):
