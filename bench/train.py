@@ -90,8 +90,9 @@ def reference_step_fn(components: SDComponents, args: argparse.Namespace, device
         module.requires_grad_(False).to(device, dtype=weight_dtype)
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=1e-5, weight_decay=1e-2)
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in make_batch(args).items()}
-    ids = components.tokenizer(batch["caption"], padding="max_length", truncation=True,
-                               max_length=components.tokenizer.model_max_length, return_tensors="pt").input_ids.to(device)
+    tokens = components.tokenizer(batch["caption"], padding="max_length", truncation=True,
+                                  max_length=components.tokenizer.model_max_length, return_tensors="pt")
+    ids = tokens.input_ids.to(device)
     scheduler = components.scheduler
 
     def step() -> None:

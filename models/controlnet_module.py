@@ -168,7 +168,8 @@ class ControlNetModule(pl.LightningModule):
     def _check_timesteps(self) -> None:
         steps = self.noise_scheduler.config.num_train_timesteps
         if any(not 0 <= t < steps for t in self.config.train.val_timesteps):
-            raise ConfigError(f"train.val_timesteps must lie in [0, {steps}), got {self.config.train.val_timesteps}")
+            raise ConfigError(f"train.val_timesteps must lie in [0, {steps}), "
+                              f"got {self.config.train.val_timesteps}")
         if self.noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"unsupported prediction type {self.noise_scheduler.config.prediction_type!r}")
 

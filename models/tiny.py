@@ -216,13 +216,14 @@ def unet_ldm_prefixes(config: dict) -> dict[str, str]:
             block = 1 + level * (layers + 1) + layer
             prefixes[f"down_blocks.{level}.resnets.{layer}."] = f"input_blocks.{block}.0."
             prefixes[f"down_blocks.{level}.attentions.{layer}."] = f"input_blocks.{block}.1."
-        prefixes[f"down_blocks.{level}.downsamplers.0.conv."] = f"input_blocks.{1 + level * (layers + 1) + layers}.0.op."
+        last = level * (layers + 1) + layers  # the block after a level's layers resamples
+        prefixes[f"down_blocks.{level}.downsamplers.0.conv."] = f"input_blocks.{last + 1}.0.op."
         has_attention = "CrossAttn" in config["up_block_types"][level]
         for layer in range(layers + 1):
             block = level * (layers + 1) + layer
             prefixes[f"up_blocks.{level}.resnets.{layer}."] = f"output_blocks.{block}.0."
             prefixes[f"up_blocks.{level}.attentions.{layer}."] = f"output_blocks.{block}.1."
-        prefixes[f"up_blocks.{level}.upsamplers.0."] = f"output_blocks.{level * (layers + 1) + layers}.{2 if has_attention else 1}."
+        prefixes[f"up_blocks.{level}.upsamplers.0."] = f"output_blocks.{last}.{2 if has_attention else 1}."
     return prefixes
 
 

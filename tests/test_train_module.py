@@ -63,7 +63,8 @@ def test_unet_decoder_half_trains_at_its_own_rate(tiny_config, components):
     assert not any(p.requires_grad for p in module.unet.down_blocks.parameters())
     optimizer = module.configure_optimizers()["optimizer"]
     assert [group["initial_lr"] for group in optimizer.param_groups] == [1e-5, 0.5]  # before warm-up
-    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(module.controlnet.parameters())) + len(trainable)
+    controlnet_params = len(list(module.controlnet.parameters()))
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == controlnet_params + len(trainable)
     keys = module.trainable_state_keys()
     assert {k.split(".")[0] for k in keys} == {"controlnet", "unet", "controlnet_ema"}
     assert {k[len("unet."):] for k in keys if k.startswith("unet.")} == set(trainable)
@@ -91,7 +92,8 @@ def test_checkpoint_hook_keeps_only_trained_weights_and_loads_with_weights_only(
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_the_loss_targets_the_schedulers_prediction_type(tiny_config, components, prediction_type):
     module = make_module(tiny_config, components)
-    module.noise_scheduler = DDPMScheduler.from_config(module.noise_scheduler.config, prediction_type=prediction_type)
+    module.noise_scheduler = DDPMScheduler.from_config(module.noise_scheduler.config,
+                                                       prediction_type=prediction_type)
     latents, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     timesteps = torch.tensor([10, 900])
     velocity = module.noise_scheduler.get_velocity(latents, noise, timesteps)

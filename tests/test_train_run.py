@@ -97,7 +97,8 @@ def test_the_checkpoint_holds_no_frozen_weights(tiny_config, resumed_and_straigh
     components = load_sd_components(load_config(tiny_config).diffusion.sd_model_path)
     frozen_bytes = sum(p.numel() * 4 for m in (components.vae, components.text_encoder, components.unet)
                        for p in m.parameters())
-    controlnet_bytes = sum(v.numel() * 4 for k, v in checkpoint["state_dict"].items() if k.startswith("controlnet."))
+    controlnet_bytes = sum(v.numel() * 4 for k, v in checkpoint["state_dict"].items()
+                           if k.startswith("controlnet."))
     size = path.stat().st_size
     # measured: 4 x 2.74 MB of tensors + 0.07 MB; the frozen weights are 8.4 MB
     assert 4 * controlnet_bytes < size < 4 * controlnet_bytes + 0.05 * frozen_bytes
@@ -114,12 +115,13 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tiny_config, shapes_data, 
 def test_every_memory_and_speed_option_trains_together(tiny_config, shapes_data, tmp_path):
     """bf16 autocast (CPU), gradient checkpointing, channels_last, plain attention, latent and
     text caching, one-hot control, the UNet decoder half and EMA in one short run."""
-    options = ["diffusion.controlnet_path=null", "diffusion.conditioning=onehot", "train.gradient_checkpointing=true",
-               "train.channels_last=true", "train.attention=eager", "train.cache_latents=true",
-               "train.random_crop=false", "train.random_flip=false", "train.unet_decoder=true",
-               "train.ema_decay=0.99", "train.accumulate_grad_batches=1", "train.val_every_n_steps=2"]
-    arguments = _common(tiny_config, shapes_data) + ["--output_dir", str(tmp_path / "run"), "--max_steps", "2",
-                                                     "--precision", "bf16-mixed"]
+    options = ["diffusion.controlnet_path=null", "diffusion.conditioning=onehot",
+               "train.gradient_checkpointing=true", "train.channels_last=true", "train.attention=eager",
+               "train.cache_latents=true", "train.random_crop=false", "train.random_flip=false",
+               "train.unet_decoder=true", "train.ema_decay=0.99", "train.accumulate_grad_batches=1",
+               "train.val_every_n_steps=2"]
+    arguments = _common(tiny_config, shapes_data) + ["--output_dir", str(tmp_path / "run"),
+                                                     "--max_steps", "2", "--precision", "bf16-mixed"]
     for option in options:
         arguments += ["--override", option]
     assert train.main(arguments) == 0
