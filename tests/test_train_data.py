@@ -119,3 +119,24 @@ def test_no_training_data_is_a_clear_error(tmp_path):
     config.train.data_root = str(tmp_path)
     with pytest.raises(DataError, match="no training pairs"):
         DecoderDataModule(config, verbose=False)
+
+
+def test_the_data_module_gives_each_rank_its_shard_from_the_resume_point(tmp_path):
+    from types import SimpleNamespace
+
+    from models.shapes import write_shapes_dataset
+
+    write_shapes_dataset(tmp_path, {"train": 10, "val": 3}, size=16)
+    config = Config()
+    config.train.data_root, config.train.batch_size, config.train.num_workers = str(tmp_path), 2, 0
+    config.diffusion.resolution = 16
+    module = DecoderDataModule(config, verbose=False)
+    draws = {}
+    for rank in range(2):
+        module.trainer = SimpleNamespace(global_step=3, accumulate_grad_batches=2, global_rank=rank, world_size=2)
+        sampler = module.train_dataloader().sampler
+        assert (sampler.rank, sampler.world_size, sampler.start) == (rank, 2, 3 * 2 * 2)  # 12 samples done
+        stream = iter(sampler)
+        draws[rank] = [next(stream)[1] for _ in range(4)]
+    assert draws == {0: [24, 26, 28, 30], 1: [25, 27, 29, 31]}
+    assert len(module.val_dataset) == 3
