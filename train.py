@@ -83,6 +83,9 @@ def yaml_scalar(value: object) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import torch
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
     from models.controlnet_module import check_train_config  # torch and diffusers: after --help
     from models.data import DataError
     from models.train_job import run_training
@@ -91,12 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config_path, config_overrides(args))
         check_train_config(config)
         spec = resolve_devices(args)
+        if spec.accelerator == "gpu" and not torch.cuda.is_available():
+            raise ValueError("GPUs were requested but CUDA is not available; use --accelerator cpu --devices N")
     except (ValueError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
         result = run_training(config, spec, resume=args.resume, progress_bar=not args.no_progress_bar)
-    except (DataError, OSError, ValueError, ConfigError) as error:
+    except (DataError, OSError, ValueError, ConfigError, MisconfigurationException) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if result.is_global_zero:

@@ -131,3 +131,13 @@ def test_every_memory_and_speed_option_trains_together(tiny_config, shapes_data,
     assert ControlNetModel.from_pretrained(tmp_path / "run/controlnet").config.conditioning_channels == 21
     assert (tmp_path / "run/controlnet/unet_trainable.safetensors").exists()
     assert (tmp_path / "run/validation/step-0000002.png").exists()
+
+
+def test_gpus_without_cuda_are_one_clear_line(tiny_config, shapes_data, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    arguments = ["--config_path", str(tiny_config), "--data_root", str(shapes_data), "--gpus", "0",
+                 "--output_dir", str(tmp_path / "run")]
+    assert train.main(arguments) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
