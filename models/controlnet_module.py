@@ -39,11 +39,15 @@ from diffusers import ControlNetModel, DDIMScheduler
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.optimization import get_scheduler
+from PIL import Image
+from pytorch_lightning.loggers import TensorBoardLogger
+from torchvision.utils import make_grid
 
 from models.config import Config, ConfigError, config_from_dict
 from models.control import conditioning_channels
 from models.data import derived_seed
 from models.diffusion import SDComponents, load_sd_components
+from models.imageio import atomic_save_image
 from models.palettes import get_palette
 
 FORMAT_VERSION = 1
@@ -397,12 +401,6 @@ class ControlNetModule(pl.LightningModule):
 
     def log_image_grid(self, examples: dict, samples: torch.Tensor) -> None:
         """Write the grid under ``run_dir/validation/`` and to TensorBoard."""
-        from pytorch_lightning.loggers import TensorBoardLogger
-        from torchvision.utils import make_grid
-        from PIL import Image
-
-        from models.imageio import atomic_save_image
-
         rows = [self.control_preview(examples["control"]), samples, (examples["pixel_values"] + 1) / 2]
         grid = make_grid(torch.cat(rows), nrow=len(samples), padding=2)  # (3, H, W)
         for logger in self.loggers:
