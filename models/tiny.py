@@ -197,84 +197,6 @@ def build_clip(output_dir: Path) -> Path:
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
-UNET_RESNET_NAMES = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
-                     ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"),
-                     ("conv_shortcut", "skip_connection"))
-VAE_ATTENTION_NAMES = (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"),
-                       ("to_out.0", "proj_out"))
-
-
-def unet_ldm_prefixes(config: dict) -> dict[str, str]:
-    """Diffusers UNet module prefixes -> original (LDM ``openaimodel``) prefixes."""
-    levels, layers = len(config["block_out_channels"]), config["layers_per_block"]
-    prefixes = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
-                "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2.",
-                "mid_block.resnets.0.": "middle_block.0.", "mid_block.attentions.0.": "middle_block.1.",
-                "mid_block.resnets.1.": "middle_block.2."}
-    for level in range(levels):
-        for layer in range(layers):
-            block = 1 + level * (layers + 1) + layer
-            prefixes[f"down_blocks.{level}.resnets.{layer}."] = f"input_blocks.{block}.0."
-            prefixes[f"down_blocks.{level}.attentions.{layer}."] = f"input_blocks.{block}.1."
-        last = level * (layers + 1) + layers  # the block after a level's layers resamples
-        prefixes[f"down_blocks.{level}.downsamplers.0.conv."] = f"input_blocks.{last + 1}.0.op."
-        has_attention = "CrossAttn" in config["up_block_types"][level]
-        for layer in range(layers + 1):
-            block = level * (layers + 1) + layer
-            prefixes[f"up_blocks.{level}.resnets.{layer}."] = f"output_blocks.{block}.0."
-            prefixes[f"up_blocks.{level}.attentions.{layer}."] = f"output_blocks.{block}.1."
-        prefixes[f"up_blocks.{level}.upsamplers.0."] = f"output_blocks.{last}.{2 if has_attention else 1}."
-    return prefixes
-
-
-def vae_ldm_prefixes(config: dict) -> dict[str, str]:
-    """Diffusers VAE module prefixes -> original (LDM ``autoencoder``) prefixes."""
-    levels = len(config["block_out_channels"])
-    prefixes = {"encoder.conv_norm_out.": "encoder.norm_out.", "decoder.conv_norm_out.": "decoder.norm_out."}
-    for part in ("encoder", "decoder"):
-        prefixes[f"{part}.mid_block.resnets.0."] = f"{part}.mid.block_1."
-        prefixes[f"{part}.mid_block.resnets.1."] = f"{part}.mid.block_2."
-        prefixes[f"{part}.mid_block.attentions.0."] = f"{part}.mid.attn_1."
-    for level in range(levels):
-        prefixes[f"encoder.down_blocks.{level}.resnets."] = f"encoder.down.{level}.block."
-        prefixes[f"encoder.down_blocks.{level}.downsamplers.0."] = f"encoder.down.{level}.downsample."
-        prefixes[f"decoder.up_blocks.{level}.resnets."] = f"decoder.up.{levels - 1 - level}.block."
-        prefixes[f"decoder.up_blocks.{level}.upsamplers.0."] = f"decoder.up.{levels - 1 - level}.upsample."
-    return prefixes
-
-
-def _rename(key: str, prefixes: dict[str, str]) -> str:
-    """``key`` with its longest matching prefix replaced (unchanged when none matches)."""
-    matches = [p for p in prefixes if key.startswith(p)]
-    if not matches:
-        return key
-    prefix = max(matches, key=len)
-    return prefixes[prefix] + key[len(prefix):]
-
-
-def to_original_layout(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
-    """One state dict in the original SD1.x single-file layout (the inverse of diffusers'
-    single-file conversion), so that ``from_single_file`` can be tested on tiny models."""
-    checkpoint = {}
-    unet_prefixes = unet_ldm_prefixes(unet.config)
-    for key, value in unet.state_dict().items():
-        new_key = _rename(key, unet_prefixes)
-        if ".resnets." in key:
-            for diffusers_name, ldm_name in UNET_RESNET_NAMES:
-                new_key = new_key.replace(f".{diffusers_name}.", f".{ldm_name}.")
-        checkpoint["model.diffusion_model." + new_key] = value
-    vae_prefixes = vae_ldm_prefixes(vae.config)
-    for key, value in vae.state_dict().items():
-        new_key = _rename(key, vae_prefixes).replace(".conv_shortcut.", ".nin_shortcut.")
-        if ".attentions." in key:
-            for diffusers_name, ldm_name in VAE_ATTENTION_NAMES:
-                new_key = new_key.replace(f".{diffusers_name}.", f".{ldm_name}.")
-            value = value[:, :, None, None] if value.ndim == 2 else value  # LDM: 1x1 convs
-        checkpoint["first_stage_model." + new_key] = value
-    for key, value in text_encoder.state_dict().items():
-        key = key if key.startswith("text_model.") else "text_model." + key
-        checkpoint["cond_stage_model.transformer." + key] = value
-    return {key: value.contiguous() for key, value in checkpoint.items()}
 
 
 def build_single_file_checkpoint(sd_dir: Path, path: Path) -> Path:
@@ -282,6 +204,8 @@ def build_single_file_checkpoint(sd_dir: Path, path: Path) -> Path:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPTextModel
+
+    from models.original_format import to_original_layout
 
     checkpoint = to_original_layout(UNet2DConditionModel.from_pretrained(sd_dir, subfolder="unet"),
                                     AutoencoderKL.from_pretrained(sd_dir, subfolder="vae"),

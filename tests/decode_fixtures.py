@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from models.config import load_config
 from tests.conftest import VOC_MASKS
-from tests.original_format import controlnet_to_original, unet_to_original
+from models.original_format import controlnet_to_original, unet_to_original
 
 CAPTIONS = ["a dog on the grass", "a person next to a car", "a cat sitting on a sofa",
             "two sheep in a field", "a boat on the water", "a bus in the street"]
@@ -85,9 +85,9 @@ def write_export_folder(folder: Path, controlnet: ControlNetModel, metadata: dic
 
 def write_original_file(path: Path, controlnet: ControlNetModel, unet: UNet2DConditionModel | None = None) -> Path:
     """An original-format ControlLDM checkpoint: ``control_model.*`` (+ ``model.diffusion_model.*``)."""
-    state = controlnet_to_original(controlnet.state_dict(), controlnet.config.layers_per_block)
+    state = controlnet_to_original(controlnet.state_dict(), controlnet.config)
     if unet is not None:
-        state.update(unet_to_original(unet.state_dict(), unet.config.layers_per_block))
+        state.update(unet_to_original(unet.state_dict(), unet.config))
     torch.save({"state_dict": state, "global_step": 10}, path)
     return path
 
