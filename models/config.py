@@ -268,6 +268,7 @@ def _set_field(section: Any, section_name: str, key: str, value: Any, source: st
     hints = typing.get_type_hints(type(section))
     if key not in hints:
         raise ConfigError(f"{source}: unknown key '{section_name}.{key}'{_suggest(key, list(hints))}")
+    value = _yaml_float(value, hints[key])
     if not _matches(value, hints[key]):
         raise ConfigError(
             f"{source}: '{section_name}.{key}' must be {_describe(hints[key])}, got {value!r}"
@@ -278,6 +279,16 @@ def _set_field(section: Any, section_name: str, key: str, value: Any, source: st
     if isinstance(value, int) and not isinstance(value, bool) and _describe(hints[key]) == "float":
         value = float(value)
     setattr(section, key, value)
+
+
+def _yaml_float(value: Any, hint: Any) -> Any:
+    """YAML 1.1 reads "1e-5" (no dot) as a string; for a float field, read it as the number."""
+    if isinstance(value, str) and _matches(1.5, hint) and not _matches(value, hint):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _matches(value: Any, hint: Any) -> bool:

@@ -28,6 +28,16 @@ def test_missing_keys_keep_defaults_and_types_are_checked():
         config_from_dict({"segmentaton": {}})
 
 
+def test_float_fields_accept_exponents_without_a_dot(tmp_path: Path):
+    # YAML 1.1 (PyYAML) reads 1e-5 as a string; a float field takes it as the number.
+    config = apply_overrides(Config(), ["train.learning_rate=1e-5"])
+    assert config.train.learning_rate == 1e-5
+    (tmp_path / "c.yaml").write_text("train:\n  learning_rate: 3e-4\n")
+    assert load_config(tmp_path / "c.yaml").train.learning_rate == 3e-4
+    with pytest.raises(ConfigError, match="must be float"):
+        apply_overrides(Config(), ["train.learning_rate=fast"])
+
+
 def test_overrides_parse_yaml_values():
     config = apply_overrides(Config(), ["segmentation.output_stride=8", "captioning.prefix=a photo of",
                                         "diffusion.controlnet_path=null"])
