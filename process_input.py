@@ -17,11 +17,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from models.config import ConfigError, DEFAULT_CONFIG_PATH, load_config
-from models.encode_job import (OUTPUT_FORMATS, PARTIAL_PATTERN, OutputSpec, merge_captions,
+from models.config import ConfigError, load_config
+from models.encode_job import (OUTPUT_FORMATS, PARTIAL_PATTERN, OutputSpec, add_encoder_arguments,
+                               encoder_overrides, merge_captions,
                                plan_encode, report, run_encode)
 from models.imageio import check_output_not_inside_input
-from models.runtime import add_device_arguments, is_global_zero, resolve_devices
+from models.runtime import is_global_zero, resolve_devices
 from models.segmentation import CheckpointError
 
 
@@ -32,15 +33,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--input_dir", required=True, help="folder of images (searched recursively)")
     parser.add_argument("--output_dir", required=True, help="where label maps and prompts.json go")
-    parser.add_argument("--config_path", default=str(DEFAULT_CONFIG_PATH), help="YAML config")
-    parser.add_argument("--segmentation_ckpt", default=None,
-                        help="DeepLabV3+ checkpoint (overrides segmentation.checkpoint)")
-    parser.add_argument("--batch_size", type=int, default=None, help="overrides encode.batch_size")
-    parser.add_argument("--num_workers", type=int, default=None, help="overrides encode.num_workers")
-    parser.add_argument("--max_pixels", type=int, default=None,
-                        help="refuse larger images (overrides encode.max_pixels)")
-    parser.add_argument("--allow_pickle", action="store_true",
-                        help="load a legacy segmentation checkpoint that needs pickle (trusted files only)")
     parser.add_argument("--overwrite", action="store_true", help="re-encode images already done")
     parser.add_argument("--format", default="both", choices=OUTPUT_FORMATS,
                         help="outputs: .sem files, palette PNGs + prompts.json, or both")
@@ -48,24 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=".sem compact mode: map on a grid of G cells on the long side "
                              "(default: lossless)")
     parser.add_argument("--seed", type=int, default=None, help="decoding seed stored in .sem files")
-    parser.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="set any config value, e.g. --override segmentation.output_stride=8")
-    add_device_arguments(parser, gpu_flag="--gpus")
+    add_encoder_arguments(parser)
     return parser.parse_args(argv)
-
-
-def config_overrides(args: argparse.Namespace) -> list[str]:
-    """The config overrides implied by the dedicated flags, then the generic ones."""
-    overrides = []
-    if args.segmentation_ckpt is not None:
-        overrides.append(f"segmentation.checkpoint={Path(args.segmentation_ckpt).resolve()}")
-    for flag, key in (("batch_size", "encode.batch_size"), ("num_workers", "encode.num_workers"),
-                      ("max_pixels", "encode.max_pixels")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
-    if args.allow_pickle:
-        overrides.append("segmentation.allow_pickle=true")
-    return overrides + args.override
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if not input_dir.is_dir():
             raise ValueError(f"--input_dir {input_dir} is not a folder")
         check_output_not_inside_input(input_dir, output_dir)
-        config = load_config(args.config_path, config_overrides(args))
+        config = load_config(args.config_path, encoder_overrides(args))
         spec = resolve_devices(args)
         outputs = OutputSpec(format=args.format, grid=args.grid, seed=args.seed)
     except (ValueError, ConfigError) as error:

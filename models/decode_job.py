@@ -22,7 +22,6 @@ written.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -40,7 +39,7 @@ from models.decoder import PRECISIONS, ControlNetDecoder, check_label_map, form_
 from models.imageio import (DEFAULT_MAX_PIXELS, atomic_save_image, atomic_write_json, is_image_name, read_json,
                             walk_files)
 from models.palettes import label_map_from_pil
-from models.runtime import DeviceSpec, gather_objects, prediction_trainer
+from models.runtime import DeviceSpec, gather_objects, prediction_trainer, print_job_report
 from models.semantic_code import SemanticCode
 
 MANIFEST_FILE = "manifest.json"
@@ -390,18 +389,8 @@ def run_decode(plan: DecodePlan, decoder: ControlNetDecoder, spec: DeviceSpec, o
 
 def report(plan: DecodePlan, result: DecodeResult | None, output_dir: Path) -> int:
     """One line per failed or skipped file and a summary; the exit status (1 if anything failed)."""
-    failures = dict(plan.failures)
-    if result is not None:
-        failures.update(result.failures)
-    for relpath in sorted(failures):
-        print(f"error: {relpath}: {failures[relpath]}", file=sys.stderr)
-    for relpath in plan.ignored:
-        print(f"skipped: {relpath}: not a label map (by its extension)", file=sys.stderr)
-    for warning in plan.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    decoded = result.decoded if result is not None else 0
+    failures = {**plan.failures, **(result.failures if result is not None else {})}
     done = sum(i.output_relpath in plan.done for batch in plan.batches for i in batch)
-    print(f"decoded {decoded}, already done {done}, failed {len(failures)}, "
-          f"ignored {len(plan.ignored)} -> {output_dir}")
-    return 1 if failures else 0
+    return print_job_report("decoded", result.decoded if result is not None else 0, done, failures,
+                            plan.ignored, "not a label map (by its extension)", output_dir, plan.warnings)
 

@@ -20,24 +20,24 @@ communication, and each item is written by exactly one process.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from models.bitstream import SEM_SUFFIX, write_sem
-from models.config import Config
+from models.config import DEFAULT_CONFIG_PATH, Config
 from models.encoder import PRECISIONS, SemanticEncoder
 from models.imageio import (ImageReadError, InputFile, atomic_save_image, atomic_write_json,
                             is_image_name, read_json, read_rgb, walk_files)
 from models.palettes import label_map_to_pil
-from models.runtime import DeviceSpec, prediction_trainer
+from models.runtime import (DeviceSpec, add_device_arguments, gather_objects, prediction_trainer,
+                            print_job_report)
 from models.semantic_code import SemanticCode
 
 PROMPTS_FILE = "prompts.json"
@@ -256,42 +256,47 @@ def run_encode(plan: EncodePlan, config: Config, spec: DeviceSpec, output_dir: P
     trainer = prediction_trainer(spec, callbacks=[writer], progress_bar=progress_bar)
     module = EncodeModule(SemanticEncoder.from_config(config), config.encode.precision)
     trainer.predict(module, dataloaders=loader, return_predictions=False)
-    failures = _gather(trainer, writer.failures)
-    encoded = sum(_gather(trainer, {"n": writer.encoded}, combine=_sum_counts).values())
+    parts = gather_objects(trainer, (writer.encoded, writer.failures))
+    failures = {relpath: reason for _, part in parts for relpath, reason in part.items()}
+    encoded = sum(count for count, _ in parts)
     if trainer.is_global_zero and outputs.writes_png:
         merge_captions(output_dir)
     trainer.strategy.barrier()
     return EncodeResult(encoded=encoded, failures=failures, is_global_zero=trainer.is_global_zero)
 
 
-def _sum_counts(parts: list[dict]) -> dict:
-    return {"n": sum(part["n"] for part in parts)}
-
-
-def _gather(trainer: pl.Trainer, value: dict, combine=None) -> dict:
-    """All processes' dicts merged (or combined), on every process."""
-    if trainer.world_size == 1:
-        return combine([value]) if combine else dict(value)
-    parts: list = [None] * trainer.world_size
-    torch.distributed.all_gather_object(parts, value)
-    if combine:
-        return combine(parts)
-    merged: dict = {}
-    for part in parts:
-        merged.update(part)
-    return merged
-
-
 def report(plan: EncodePlan, result: EncodeResult | None, output_dir: Path) -> int:
     """Print one line per failed file and a summary; the exit status (1 if anything failed)."""
-    failures = dict(plan.failures)
-    if result is not None:
-        failures.update(result.failures)
-    for relpath in sorted(failures):
-        print(f"error: {relpath}: {failures[relpath]}", file=sys.stderr)
-    for relpath in plan.ignored:
-        print(f"skipped: {relpath}: not an image file (by its extension)", file=sys.stderr)
-    encoded = result.encoded if result is not None else 0
-    print(f"encoded {encoded}, already done {len(plan.done)}, failed {len(failures)}, "
-          f"ignored {len(plan.ignored)} -> {output_dir}")
-    return 1 if failures else 0
+    failures = {**plan.failures, **(result.failures if result is not None else {})}
+    return print_job_report("encoded", result.encoded if result is not None else 0, len(plan.done),
+                            failures, plan.ignored, "not an image file (by its extension)", output_dir)
+
+
+def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of every command that runs the encoder (process_input, prepare_data)."""
+    parser.add_argument("--config_path", default=str(DEFAULT_CONFIG_PATH), help="YAML config")
+    parser.add_argument("--segmentation_ckpt", default=None,
+                        help="DeepLabV3+ checkpoint (overrides segmentation.checkpoint)")
+    parser.add_argument("--batch_size", type=int, default=None, help="overrides encode.batch_size")
+    parser.add_argument("--num_workers", type=int, default=None, help="overrides encode.num_workers")
+    parser.add_argument("--max_pixels", type=int, default=None,
+                        help="refuse larger images (overrides encode.max_pixels)")
+    parser.add_argument("--allow_pickle", action="store_true",
+                        help="load a legacy segmentation checkpoint that needs pickle (trusted files only)")
+    parser.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="set any config value, e.g. --override segmentation.output_stride=8")
+    add_device_arguments(parser, gpu_flag="--gpus")
+
+
+def encoder_overrides(args: argparse.Namespace) -> list[str]:
+    """The config overrides implied by ``add_encoder_arguments``' flags, then the generic ones."""
+    overrides = []
+    if args.segmentation_ckpt is not None:
+        overrides.append(f"segmentation.checkpoint={Path(args.segmentation_ckpt).resolve()}")
+    for flag, key in (("batch_size", "encode.batch_size"), ("num_workers", "encode.num_workers"),
+                      ("max_pixels", "encode.max_pixels")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if args.allow_pickle:
+        overrides.append("segmentation.allow_pickle=true")
+    return overrides + args.override

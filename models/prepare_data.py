@@ -39,15 +39,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models.captioning import BlipCaptioner
-from models.config import Config, ConfigError, DEFAULT_CONFIG_PATH, load_config
-from models.encode_job import (PARTIAL_PATTERN, PROMPTS_FILE, ImageFiles, label_map_path,
+from models.config import Config, ConfigError, load_config
+from models.encode_job import (PARTIAL_PATTERN, PROMPTS_FILE, ImageFiles, add_encoder_arguments,
+                               encoder_overrides, label_map_path,
                                merge_captions, plan_encode, read_captions, run_encode)
 from models.encoder import PRECISIONS
 from models.imageio import (ImageReadError, InputFile, atomic_path, atomic_save_image,
                             atomic_write_json, is_image_name,
                             read_json, read_rgb, walk_files)
 from models.palettes import NUM_VOC_CLASSES, VOID_LABEL, label_map_from_pil, label_map_to_pil
-from models.runtime import DeviceSpec, add_device_arguments, is_global_zero, resolve_devices
+from models.runtime import DeviceSpec, is_global_zero, resolve_devices
 from models.segmentation import CheckpointError
 
 SPLITS = ("train", "val", "test")
@@ -419,27 +420,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
     parser.add_argument("--link", choices=LINK_MODES, default="hard",
                         help="how images enter the layout; hard falls back to copy across file systems")
-    parser.add_argument("--config_path", default=str(DEFAULT_CONFIG_PATH), help="YAML config")
-    parser.add_argument("--segmentation_ckpt", default=None,
-                        help="DeepLabV3+ checkpoint (overrides segmentation.checkpoint)")
-    parser.add_argument("--batch_size", type=int, default=None, help="overrides encode.batch_size")
-    parser.add_argument("--max_pixels", type=int, default=None, help="overrides encode.max_pixels")
-    parser.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="set any config value, e.g. --override captioning.num_beams=1")
-    add_device_arguments(parser, gpu_flag="--gpus")
+    add_encoder_arguments(parser)
     return parser.parse_args(argv)
-
-
-def config_overrides(args: argparse.Namespace) -> list[str]:
-    """Config overrides from the dedicated flags, then the generic ones."""
-    overrides = []
-    if args.segmentation_ckpt is not None:
-        overrides.append(f"segmentation.checkpoint={Path(args.segmentation_ckpt).resolve()}")
-    if args.batch_size is not None:
-        overrides.append(f"encode.batch_size={args.batch_size}")
-    if args.max_pixels is not None:
-        overrides.append(f"encode.max_pixels={args.max_pixels}")
-    return overrides + args.override
 
 
 def resolve_source(args: argparse.Namespace) -> tuple[Path, str, SourcePlan]:
@@ -482,7 +464,7 @@ def prepare(args: argparse.Namespace) -> int:
             raise ValueError(f"found no images to prepare in {source_dir}")
         settings = source_settings(args, source_dir, label_source)
         check_manifest(data_root, settings)
-        config = load_config(args.config_path, config_overrides(args))
+        config = load_config(args.config_path, encoder_overrides(args))
         spec = resolve_devices(args)
     except (ValueError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -110,3 +111,17 @@ def gather_objects(trainer, value) -> list:
     parts: list = [None] * trainer.world_size
     torch.distributed.all_gather_object(parts, value)
     return parts
+
+
+def print_job_report(verb: str, processed: int, done: int, failures: dict[str, str], ignored: list[str],
+                     ignored_reason: str, output_dir, warnings: list[str] = ()) -> int:
+    """One line per failed, skipped or warned-about file, then a summary; 1 if anything failed."""
+    for relpath in sorted(failures):
+        print(f"error: {relpath}: {failures[relpath]}", file=sys.stderr)
+    for relpath in ignored:
+        print(f"skipped: {relpath}: {ignored_reason}", file=sys.stderr)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{verb} {processed}, already done {done}, failed {len(failures)}, "
+          f"ignored {len(ignored)} -> {output_dir}")
+    return 1 if failures else 0
