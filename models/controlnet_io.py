@@ -205,6 +205,7 @@ def _from_training_checkpoint(path: Path, checkpoint: dict) -> ControlNetSource:
         "num_classes": config.get("segmentation", {}).get("num_classes"),
         "resolution": diffusion.get("resolution"), "sd_model_path": diffusion.get("sd_model_path"),
         "ema": prefix == "controlnet_ema.",
+        "keep_aspect": config.get("train", {}).get("resize_mode", "crop") != "stretch",
     }
     return ControlNetSource(controlnet=controlnet.eval(), format="training", path=str(path),
                             metadata={k: v for k, v in metadata.items() if v is not None},
@@ -295,7 +296,8 @@ def resolve_control_spec(source: ControlNetSource, config: Config) -> tuple[Cont
         "ade20k" if source.is_public_ade20k else config.diffusion.palette)
     value_range = decode.control_range if decode.control_range != "auto" else (
         "signed" if original_project else "unit")
-    keep_aspect = decode.keep_aspect if decode.keep_aspect is not None else not original_project
+    keep_aspect = decode.keep_aspect if decode.keep_aspect is not None else meta.get(
+        "keep_aspect", not original_project)  # a model trained on stretched maps decodes stretched
     resolution = decode.resolution or meta.get("resolution") or config.diffusion.resolution
     if resolution % 8:
         raise ValueError(f"the generation resolution must be a multiple of 8, got {resolution}")

@@ -193,10 +193,10 @@ class ControlNetModule(pl.LightningModule):
         """Frozen weights in ``dtype`` (half the memory under mixed precision); trained ones stay fp32."""
         self.vae.to(dtype)
         self.text_encoder.to(dtype)
-        self.unet.to(dtype)
-        if self.config.train.unet_decoder:
-            for name in UNET_DECODER_MODULES:
-                getattr(self.unet, name).float()
+        trained = UNET_DECODER_MODULES if self.config.train.unet_decoder else ()
+        for name, child in self.unet.named_children():
+            if name not in trained:  # a round trip through half precision would round trained weights
+                child.to(dtype)
 
     # ----- the objective -------------------------------------------------------------------------
 
@@ -310,16 +310,17 @@ class ControlNetModule(pl.LightningModule):
     def on_train_start(self) -> None:
         self._ema_step = self.global_step
 
-    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
-        """Update the EMA once per optimizer step (not per accumulated micro-batch)."""
-        if self.controlnet_ema is not None and self.global_step > self._ema_step:
-            self._ema_step = self.global_step
-            self.update_ema()
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """Step, then update the EMA: here (once per optimizer step, not per accumulated
+        micro-batch) the update happens before any checkpoint callback saves this step."""
+        super().optimizer_step(*args, **kwargs)
+        if self.controlnet_ema is not None:
+            self._ema_step += 1
+            self.update_ema(self._ema_step)
 
     @torch.no_grad()
-    def update_ema(self) -> None:
-        """EMA with diffusers' warm-up: decay min(ema_decay, (1 + step) / (10 + step))."""
-        step = self.global_step
+    def update_ema(self, step: int) -> None:
+        """EMA with diffusers' warm-up: decay min(ema_decay, (1 + step) / (10 + step)) at optimizer step ``step``."""
         decay = min(self.config.train.ema_decay, (1 + step) / (10 + step))
         for average, current in zip(self.controlnet_ema.parameters(), self.controlnet.parameters()):
             average.lerp_(current.detach(), 1.0 - decay)
@@ -368,7 +369,7 @@ class ControlNetModule(pl.LightningModule):
                       guidance_scale: float, seed: int = 0) -> torch.Tensor:
         """(B, 3, R, R) images in [0, 1] for (B, C, R, R) control images: DDIM (Song et al., 2021)
         with classifier-free guidance, control applied to both branches as in diffusers."""
-        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
+        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config, clip_sample=False)
         scheduler.set_timesteps(steps, device=self.device)
         count, resolution = control.shape[0], control.shape[-1]
         text = torch.cat([self.encode_text([""] * count), self.encode_text(list(captions))])
@@ -437,6 +438,7 @@ def export_controlnet(output_dir: str | Path, controlnet_config: dict, controlne
                       str(staging / UNET_EXPORT_FILE))
         info = {"conditioning": config.diffusion.conditioning, "palette": config.diffusion.palette,
                 "num_classes": config.segmentation.num_classes, "resolution": config.diffusion.resolution,
+                "keep_aspect": config.train.resize_mode != "stretch",
                 "sd_model_path": config.diffusion.sd_model_path, "format_version": FORMAT_VERSION,
                 "global_step": int(global_step), "unet_trainable": bool(unet_state)}
         (staging / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

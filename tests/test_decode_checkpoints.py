@@ -120,7 +120,9 @@ def test_control_conventions_follow_the_checkpoint_unless_set(reference, tiny_co
         assert (spec.palette, spec.value_range, spec.keep_aspect) == ("ade20k", "unit", True)
     spec, _ = resolve_control_spec(source_named("/x/export", reference, "export",
                                                 {"palette": "ade20k", "resolution": 96}), config)
-    assert (spec.palette, spec.resolution, spec.value_range) == ("ade20k", 96, "unit")
+    assert (spec.palette, spec.resolution, spec.value_range, spec.keep_aspect) == ("ade20k", 96, "unit", True)
+    spec, _ = resolve_control_spec(source_named("/x/export", reference, "export", {"keep_aspect": False}), config)
+    assert not spec.keep_aspect  # trained on square-stretched maps (train.resize_mode=stretch)
     apply_overrides(config, ["decode.palette=voc", "decode.control_range=signed", "decode.keep_aspect=false",
                              "decode.resolution=128"])
     spec, _ = resolve_control_spec(source_named("lllyasviel/sd-controlnet-seg", reference, "diffusers"), config)

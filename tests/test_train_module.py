@@ -151,12 +151,24 @@ def test_flag_combinations_that_cannot_work_are_refused(tiny_config):
     check_train_config(config)
 
 
+def test_half_precision_keeps_the_trained_unet_half_exactly(tiny_config, components):
+    module = make_module(tiny_config, components, "train.unet_decoder=true")
+    trained = {n: p.detach().clone() for n, p in module.unet.named_parameters() if p.requires_grad}
+    module.cast_frozen(torch.bfloat16)
+    for name, parameter in module.unet.named_parameters():
+        if name in trained:  # never rounded through bf16
+            assert parameter.dtype == torch.float32 and torch.equal(parameter, trained[name]), name
+        else:
+            assert parameter.dtype == torch.bfloat16, name
+    assert module.vae.dtype == torch.bfloat16 and module.text_encoder.dtype == torch.bfloat16
+
+
 def test_export_writes_the_ema_controlnet_and_the_unet_overlay(tiny_config, components, tmp_path):
     module = make_module(tiny_config, components, "train.unet_decoder=true", "train.ema_decay=0.5")
     with torch.no_grad():
         for p in module.controlnet.parameters():
             p.add_(1.0)
-        module.update_ema()  # the EMA now differs from both the start and the live weights
+        module.update_ema(1)  # the EMA now differs from both the start and the live weights
     exported = module.export(tmp_path / "controlnet")
     loaded = ControlNetModel.from_pretrained(exported)
     for key, value in module.controlnet_ema.state_dict().items():

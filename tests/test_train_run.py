@@ -88,6 +88,27 @@ def test_resume_continues_exactly_where_training_stopped(resumed_and_straight_ru
     assert resumed["lr_schedulers"] == direct["lr_schedulers"]
 
 
+def test_resume_from_a_periodic_checkpoint_keeps_the_ema_exact(tiny_config, shapes_data, tmp_path):
+    """A checkpoint saved every 3 steps holds that step's EMA update: resuming from it gives the
+    uninterrupted run's EMA, and the last checkpoint's EMA is what the export holds."""
+    import shutil
+
+    common = _common(tiny_config, shapes_data) + ["--override", "train.checkpoint_every_n_steps=3",
+                                                  "--override", "train.keep_checkpoints=-1"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train.main(common + ["--output_dir", str(straight), "--max_steps", "6"]) == 0
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copy(straight / "checkpoints/step-0000003.ckpt", resumed / "checkpoints")
+    assert train.main(common + ["--output_dir", str(resumed), "--max_steps", "6", "--resume", "last"]) == 0
+    direct = torch.load(straight / "checkpoints/step-0000006.ckpt", weights_only=True)["state_dict"]
+    again = torch.load(resumed / "checkpoints/step-0000006.ckpt", weights_only=True)["state_dict"]
+    for key, value in direct.items():
+        assert torch.equal(again[key], value), key
+    exported = ControlNetModel.from_pretrained(straight / "controlnet").state_dict()
+    for key, value in exported.items():
+        assert torch.equal(direct[f"controlnet_ema.{key}"], value), key
+
+
 def test_the_checkpoint_holds_no_frozen_weights(tiny_config, resumed_and_straight_runs):
     """Keys: the ControlNet and its EMA only. Size: those two plus the two AdamW moments of the
     ControlNet, plus a little metadata; the frozen VAE, text encoder and UNet would add their size."""
