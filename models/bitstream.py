@@ -51,6 +51,7 @@ from models.semantic_code import SemanticCode
 MAGIC = b"SEM"
 VERSION = 1
 SEM_SUFFIX = ".sem"  # the file extension of semantic codes
+UPSAMPLE_STRIP_PIXELS = 1 << 20  # compact-mode upsampling works on strips of about this many pixels
 MAX_SIDE = 65_535  # largest width or height a file may declare
 MAX_PIXELS = 50_000_000  # largest width * height a file may declare (same as image reading)
 MAX_CAPTION_BYTES = 65_535  # longest caption, in UTF-8 bytes
@@ -463,17 +464,31 @@ def upsample_label_map(grid_map: np.ndarray, width: int, height: int) -> np.ndar
 
     Each of the four cells around a pixel centre votes for its label with its bilinear weight
     (exact integers); the label with the largest total wins, ties going to the earliest cell in
-    the order top-left, top-right, bottom-left, bottom-right.
+    the order top-left, top-right, bottom-left, bottom-right. Pixels are independent, so rows are
+    computed in strips of about a million pixels: memory stays bounded whatever the size.
     """
     grid_map = np.asarray(grid_map)
     rows_before, rows_after, row_weight = _sample_positions(height, grid_map.shape[0])
     cols_before, cols_after, col_weight = _sample_positions(width, grid_map.shape[1])
+    output = np.empty((height, width), dtype=grid_map.dtype)
+    strip = max(1, UPSAMPLE_STRIP_PIXELS // width)
+    for top in range(0, height, strip):
+        rows = slice(top, min(height, top + strip))
+        output[rows] = _vote(grid_map, rows_before[rows], rows_after[rows], row_weight[rows],
+                             cols_before, cols_after, col_weight, height, width)
+    return output
+
+
+def _vote(grid_map: np.ndarray, rows_before: np.ndarray, rows_after: np.ndarray, row_weight: np.ndarray,
+          cols_before: np.ndarray, cols_after: np.ndarray, col_weight: np.ndarray,
+          height: int, width: int) -> np.ndarray:
+    """The upsampling vote for a strip of rows (see ``upsample_label_map``)."""
     wy1, wx1 = row_weight[:, None], col_weight[None, :]
     wy0, wx0 = 2 * height - wy1, 2 * width - wx1
     labels = np.stack([grid_map[rows_before][:, cols_before], grid_map[rows_before][:, cols_after],
                        grid_map[rows_after][:, cols_before], grid_map[rows_after][:, cols_after]])
     weights = np.stack(np.broadcast_arrays(wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1))
-    votes = np.zeros(labels.shape, dtype=np.int64)  # (4, H, W): total weight of each corner's label
+    votes = np.zeros(labels.shape, dtype=np.int64)  # (4, h, W): total weight of each corner's label
     for corner in range(4):
         votes += (labels == labels[corner][None]) * weights[corner][None]
     best = np.argmax(votes, axis=0)  # first maximum: the tie-break order above

@@ -150,3 +150,12 @@ def test_write_and_read_sem_files(tmp_path, masks):
     assert [p.name for p in path.parent.iterdir()] == ["image.sem"]  # no temporary leftovers
     back = read_sem(path)
     assert np.array_equal(back.label_map, code.label_map) and back.caption == code.caption
+
+
+def test_upsampling_in_strips_equals_one_pass(monkeypatch):
+    import models.bitstream as bitstream
+
+    grid = np.random.default_rng(0).integers(0, 5, (12, 17)).astype(np.uint8)
+    whole = bitstream.upsample_label_map(grid, 203, 141)
+    monkeypatch.setattr(bitstream, "UPSAMPLE_STRIP_PIXELS", 450)  # strips of 2 rows
+    np.testing.assert_array_equal(bitstream.upsample_label_map(grid, 203, 141), whole)
