@@ -241,7 +241,22 @@ class SettingsMismatch(ValueError):
 
 
 def read_manifest(output_dir: Path) -> dict[str, Any]:
-    """The manifest with any per-process partial records folded in (later records win)."""
+    """The manifest with any per-process partial records folded in (later records win).
+
+    Rank 0 may be folding the partial files into the manifest while another process reads
+    (processes started together by an external launcher): it writes the manifest before it
+    deletes a partial file, so a partial file that vanishes means the manifest now holds it, and
+    reading again gives the same records.
+    """
+    for _ in range(100):
+        try:
+            return _read_manifest_once(output_dir)
+        except FileNotFoundError:
+            continue
+    raise RuntimeError(f"{output_dir}: the manifest kept changing while it was read")
+
+
+def _read_manifest_once(output_dir: Path) -> dict[str, Any]:
     manifest = read_json(output_dir / MANIFEST_FILE, default=None) or {"settings": None, "images": {}}
     for partial in sorted(output_dir.glob(PARTIAL_PATTERN)):
         for line in partial.read_text(encoding="utf-8").splitlines():

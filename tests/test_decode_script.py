@@ -161,3 +161,22 @@ def test_unusable_folders_and_prompts_are_refused_before_any_work(
     assert process_decoding.main(decode_args(tiny_config, trained_controlnet, tmp_path / "maps", tmp_path / "o")) == 2
     assert "prompts file not found" in capsys.readouterr().err
     assert not (label_maps / "out").exists() and not (tmp_path / "o").exists()
+
+
+def test_a_partial_record_file_vanishing_mid_read_is_read_again(tmp_path, monkeypatch):
+    """Rank 0 folds partial records into the manifest while another process reads them."""
+    from models import decode_job
+
+    (tmp_path / ".manifest.rank0.jsonl").write_text(json.dumps({"output": "a.png", "seed": 1}) + "\n")
+    original, calls = decode_job.Path.read_text, []
+
+    def fold_then_read(path, *args, **kwargs):
+        if path.name.startswith(".manifest.rank") and not calls:  # rank 0 wins the race once
+            calls.append(path)
+            decode_job.write_manifest(tmp_path, {"s": 1}, {"a.png": {"seed": 1}})
+            raise FileNotFoundError(path)
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(decode_job.Path, "read_text", fold_then_read)
+    manifest = decode_job.read_manifest(tmp_path)
+    assert calls and manifest["images"] == {"a.png": {"seed": 1}}
