@@ -104,6 +104,12 @@ class DecodeConfig:
     vae_tiling: bool = False  # VAE-decode in overlapping tiles (large images on small cards)
     cpu_offload: bool = False  # models wait on the CPU; each moves to the GPU while it runs
     allow_pickle: bool = False  # load checkpoints that weights_only loading refuses (trusted only)
+    # Speed: none of these changes the images beyond float rounding (docs/decoding.md, Speed).
+    precomputed_sampler: bool | None = None  # sampler steps as precomputed weights, no per-step host sync; null: on CUDA
+    channels_last: bool | None = None  # NHWC layout for UNet, ControlNet and VAE; null: on CUDA
+    fuse_qkv: bool = False  # one projection for q, k, v in self-attention (k, v in cross-attention)
+    compile: bool = False  # torch.compile UNet and ControlNet: compiles per new size (minutes), then faster
+    compile_mode: str = choice_field("default", ("default", "max-autotune-no-cudagraphs"))  # torch.compile mode
 
 
 @dataclass

@@ -6,7 +6,12 @@ same components: control images of any channel count and value range go in as te
 image's starting noise comes from its own seed, guided and unguided halves share one forward
 pass, and the batch is VAE-decoded and converted to 8-bit on the device before one transfer.
 For the same seeds and settings it returns the stock pipeline's pixels
-(tests/test_decoder.py checks this; bench/decode.py times both).
+(tests/test_decode_sampling.py checks this; bench/decode.py and bench/gpu.py time both).
+
+Speed options (``SpeedOptions``, from the ``decode`` config) change float rounding only: the
+sampler as precomputed weights (``models.sampling``: no per-step host synchronisation),
+channels-last memory layout, fused attention projections and ``torch.compile``. Attention runs
+through PyTorch's scaled-dot-product kernels (diffusers' ``AttnProcessor2_0``, its default).
 """
 
 from __future__ import annotations
@@ -19,15 +24,17 @@ import numpy as np
 import torch
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
                        StableDiffusionControlNetPipeline, UniPCMultistepScheduler)
+from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
-from models.config import Config, DecodeConfig
+from models.config import Config, ConfigError, DecodeConfig
 from models.control import control_tensor, resize_label_map
 from models.controlnet_io import (CheckpointFormatError, ControlNetSource, ControlSpec, check_checkpoint_path,
                                   load_controlnet, resolve_control_spec)
 from models.diffusion import SDComponents, load_sd_components
 from models.palettes import VOID_LABEL
+from models.sampling import SamplerPlan, combine, plan_sampler
 from models.semantic_code import SemanticCode
 
 # Samplers by name: (class, settings on top of the base model's noise schedule).
@@ -64,6 +71,32 @@ class SamplerSettings:
     def from_config(cls, decode: DecodeConfig) -> "SamplerSettings":
         return cls(decode.num_inference_steps, decode.scheduler, decode.guidance_scale,
                    decode.controlnet_conditioning_scale, decode.negative_prompt)
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """How the models run; each option changes float rounding at most (None: on CUDA only)."""
+
+    precomputed_sampler: bool | None = None  # models.sampling: one weighted sum per step, no host sync
+    channels_last: bool | None = None  # NHWC weights and inputs for UNet, ControlNet and VAE
+    fuse_qkv: bool = False  # diffusers' fused attention projections
+    compile: bool = False  # torch.compile of UNet and ControlNet
+    compile_mode: str = "default"
+
+    @classmethod
+    def from_config(cls, decode: DecodeConfig) -> "SpeedOptions":
+        if decode.compile and decode.cpu_offload:
+            raise ConfigError("decode.compile and decode.cpu_offload do not go together (offloading moves "
+                              "the compiled models between devices); turn one off")
+        return cls(decode.precomputed_sampler, decode.channels_last, decode.fuse_qkv, decode.compile,
+                   decode.compile_mode)
+
+    def resolve(self, device: torch.device) -> "SpeedOptions":
+        """The options with every None decided for ``device`` (on for CUDA, off elsewhere)."""
+        on_cuda = device.type == "cuda"
+        return SpeedOptions(on_cuda if self.precomputed_sampler is None else self.precomputed_sampler,
+                            on_cuda if self.channels_last is None else self.channels_last,
+                            self.fuse_qkv, self.compile, self.compile_mode)
 
 
 def image_seed(base_seed: int, key: str) -> int:
@@ -109,7 +142,8 @@ class ControlNetDecoder:
     """Label maps and captions to images: SD1.5 components plus one ControlNet."""
 
     def __init__(self, components: SDComponents, controlnet: torch.nn.Module, spec: ControlSpec,
-                 sampler: SamplerSettings = SamplerSettings(), resize_filter: str = "lanczos"):
+                 sampler: SamplerSettings = SamplerSettings(), resize_filter: str = "lanczos",
+                 speed: SpeedOptions = SpeedOptions()):
         self.pipeline = StableDiffusionControlNetPipeline(
             vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
             unet=components.unet, controlnet=controlnet,
@@ -121,8 +155,12 @@ class ControlNetDecoder:
         self.resize_filter = RESIZE_FILTERS[resize_filter]
         self.vae_scale_factor = components.vae_scale_factor
         self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.speed, self.active = speed, speed.resolve(self.device)  # as configured; as in effect
+        self.plans: dict[tuple, SamplerPlan] = {}  # per scheduler and step count
         self.source: ControlNetSource | None = None  # set by from_config
         self.note = ""  # where the control-image convention came from
+        if speed.fuse_qkv:
+            self.fuse_attention_projections()
 
     @classmethod
     def from_config(cls, config: Config, checkpoint_path: str | None = None) -> "ControlNetDecoder":
@@ -136,7 +174,7 @@ class ControlNetDecoder:
         overlay_unet_weights(components.unet, source)
         spec, note = resolve_control_spec(source, config)
         decoder = cls(components, source.controlnet, spec, SamplerSettings.from_config(config.decode),
-                      config.decode.resize_filter)
+                      config.decode.resize_filter, SpeedOptions.from_config(config.decode))
         decoder.source, decoder.note = source, note
         decoder.enable_memory_options(config.decode)
         return decoder
@@ -150,8 +188,19 @@ class ControlNetDecoder:
         if decode.vae_tiling:
             self.pipeline.vae.enable_tiling()
 
+    def fuse_attention_projections(self) -> None:
+        """One matrix product for q, k, v (k, v in cross-attention): diffusers' fused processor."""
+        self.pipeline.unet.fuse_qkv_projections()
+        self.pipeline.vae.fuse_qkv_projections()
+        controlnet = self.pipeline.controlnet  # ControlNetModel has no such method: as the UNet's does it
+        for module in controlnet.modules():
+            if isinstance(module, Attention):
+                module.fuse_projections(fuse=True)
+        controlnet.set_attn_processor(FusedAttnProcessor2_0())
+
     def place(self, device: torch.device, dtype: torch.dtype = torch.float32, cpu_offload: bool = False) -> None:
-        """Move every model to ``device`` in ``dtype``, or keep them on the CPU until each one runs."""
+        """Move every model to ``device`` in ``dtype`` (or keep them on the CPU until each one runs),
+        then apply the speed options that depend on the device."""
         self.device, self.dtype = torch.device(device), dtype
         if dtype != torch.float32:
             self.pipeline.to(dtype=dtype)
@@ -159,6 +208,18 @@ class ControlNetDecoder:
             self.pipeline.enable_model_cpu_offload(device=self.device)
         else:
             self.pipeline.to(self.device)
+        self.active = self.speed.resolve(self.device)
+        if self.active.channels_last:
+            for model in (self.pipeline.unet, self.pipeline.controlnet, self.pipeline.vae):
+                model.to(memory_format=torch.channels_last)
+        if self.active.compile:
+            self.compile_models(self.active.compile_mode)
+
+    def compile_models(self, mode: str = "default", dynamic: bool | None = None, backend: str = "inductor") -> None:
+        """``torch.compile`` UNet and ControlNet in place; each compiles at its first call per input size."""
+        options = {"mode": mode} if backend == "inductor" else {}
+        for model in (self.pipeline.unet, self.pipeline.controlnet):
+            model.compile(dynamic=dynamic, backend=backend, **options)
 
     def generation_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) at which an image of this size is generated."""
@@ -198,33 +259,82 @@ class ControlNetDecoder:
     @torch.inference_mode()
     def sample(self, control: torch.Tensor, captions: list[str], noise: torch.Tensor) -> torch.Tensor:
         """(B, h, w, 3) uint8 CPU images from (B, C, h, w) control images and (B, 4, h/f, w/f) noise."""
-        pipe, settings = self.pipeline, self.sampler
-        guided = settings.guidance_scale > 1
+        text, control = self.conditioning(control, captions)
+        if self.active.precomputed_sampler:
+            latents = self.denoise_planned(noise, text, control)
+        else:
+            latents = self.denoise(noise, text, control)
+        return self.to_pixels(latents)
+
+    def conditioning(self, control: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text (2B, 77, D) and control images (2B, C, h, w) as [unguided; guided], or (B, ...) unguided."""
+        settings = self.sampler
         text = self.encode_text(captions)  # (B, 77, D)
-        control = control.to(self.device, self.dtype)
-        if guided:  # one forward pass for both halves: [unguided; guided]
+        control = self.layout(control.to(self.device, self.dtype))
+        if settings.guidance_scale > 1:  # one forward pass for both halves
             text = torch.cat([self.encode_text([settings.negative_prompt] * len(captions)), text])
             control = torch.cat([control, control])
-        pipe.scheduler.set_timesteps(settings.num_inference_steps, device=self.device)
-        latents = noise.to(self.device, self.dtype) * pipe.scheduler.init_noise_sigma  # (B, 4, h/f, w/f)
-        for timestep in pipe.scheduler.timesteps:  # device tensors: no host synchronisation
-            model_input = torch.cat([latents, latents]) if guided else latents
-            model_input = pipe.scheduler.scale_model_input(model_input, timestep)
-            down, mid = pipe.controlnet(model_input, timestep, encoder_hidden_states=text,
-                                        controlnet_cond=control,
-                                        conditioning_scale=settings.controlnet_conditioning_scale,
-                                        return_dict=False)
-            noise_pred = pipe.unet(model_input, timestep, encoder_hidden_states=text,
-                                   down_block_additional_residuals=down,
-                                   mid_block_additional_residual=mid, return_dict=False)[0]
-            if guided:
-                unguided, guided_pred = noise_pred.chunk(2)
-                noise_pred = unguided + settings.guidance_scale * (guided_pred - unguided)
-            latents = pipe.scheduler.step(noise_pred, timestep, latents, return_dict=False)[0]
-        images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        return text, control
+
+    def denoise(self, noise: torch.Tensor, text: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
+        """(B, 4, h/f, w/f) latents after the scheduler's own steps (the stock pipeline's loop)."""
+        scheduler = self.pipeline.scheduler
+        scheduler.set_timesteps(self.sampler.num_inference_steps, device=self.device)
+        latents = noise.to(self.device, self.dtype) * scheduler.init_noise_sigma  # (B, 4, h/f, w/f)
+        for timestep in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(latents, timestep)
+            noise_pred = self.predict_noise(model_input, timestep, text, control)
+            latents = scheduler.step(noise_pred, timestep, latents, return_dict=False)[0]
+        return latents
+
+    def denoise_planned(self, noise: torch.Tensor, text: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
+        """(B, 4, h/f, w/f) float32 latents after the precomputed sampler: a weighted sum per step."""
+        plan = self.sampler_plan()
+        timesteps = plan.timesteps.to(self.device)  # the only host-to-device copies: once per batch
+        input_weights = plan.input_weights.to(self.device, torch.float32)  # (N, N + 1)
+        basis = torch.zeros((plan.num_steps + 1, *noise.shape), device=self.device)  # (N + 1, B, 4, h/f, w/f)
+        basis[0] = noise.to(self.device)
+        for step in range(plan.num_steps):
+            model_input = combine(input_weights[step, :step + 1], basis[:step + 1])  # (B, 4, h/f, w/f)
+            basis[step + 1] = self.predict_noise(model_input.to(self.dtype), timesteps[step], text, control)
+        return combine(plan.final_weights.to(self.device, torch.float32), basis)
+
+    def sampler_plan(self) -> SamplerPlan:
+        """The current scheduler's precomputed weights (checked against it once, then cached)."""
+        scheduler, steps = self.pipeline.scheduler, self.sampler.num_inference_steps
+        key = (type(scheduler).__name__, repr(sorted(scheduler.config.items())), steps)
+        if key not in self.plans:
+            self.plans[key] = plan_sampler(scheduler, steps)
+        return self.plans[key]
+
+    def predict_noise(self, model_input: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
+                      control: torch.Tensor) -> torch.Tensor:
+        """The guided noise prediction (B, 4, h/f, w/f) for a scaled model input of the same shape."""
+        pipe, settings = self.pipeline, self.sampler
+        guided = settings.guidance_scale > 1
+        model_input = self.layout(torch.cat([model_input, model_input]) if guided else model_input)
+        down, mid = pipe.controlnet(model_input, timestep, encoder_hidden_states=text, controlnet_cond=control,
+                                    conditioning_scale=settings.controlnet_conditioning_scale, return_dict=False)
+        noise_pred = pipe.unet(model_input, timestep, encoder_hidden_states=text,
+                               down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                               return_dict=False)[0]
+        if guided:
+            unguided, guided_pred = noise_pred.chunk(2)
+            noise_pred = unguided + settings.guidance_scale * (guided_pred - unguided)
+        return noise_pred
+
+    def to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, 3) uint8 CPU images: the whole batch VAE-decoded and rounded on the device."""
+        vae = self.pipeline.vae
+        latents = self.layout((latents / vae.config.scaling_factor).to(self.dtype))
+        images = vae.decode(latents, return_dict=False)[0]
         images = (images * 0.5 + 0.5).clamp(0, 1).float()  # (B, 3, h, w) in [0, 1]
-        pipe.maybe_free_model_hooks()
+        self.pipeline.maybe_free_model_hooks()
         return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+    def layout(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A 4-D model input in the models' memory layout."""
+        return tensor.contiguous(memory_format=torch.channels_last) if self.active.channels_last else tensor
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """(B, 77, D) CLIP embeddings of ``texts`` (truncated to the tokenizer's length)."""
