@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep_aspect", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                         help="generate at the image's aspect ratio; --no-keep_aspect stretches to a square "
                              "as the original project (default: decode.keep_aspect; unset: by checkpoint format)")
-    for flag in ("attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "allow_pickle"):
+    for flag in ("attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "allow_pickle", "compile"):
         parser.add_argument(f"--{flag}", action="store_true", help=f"sets decode.{flag}")
     parser.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="set any config value, e.g. --override decode.missing_caption=empty")
@@ -82,7 +82,7 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"diffusion.sd_model_path={_yaml_text(args.sd_model_path)}")
     if args.use_fp16:
         overrides.append("decode.precision='16'")
-    for flag in ("attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "allow_pickle"):
+    for flag in ("attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "allow_pickle", "compile"):
         if getattr(args, flag):
             overrides.append(f"decode.{flag}=true")
     return overrides + args.override

@@ -31,7 +31,7 @@ import torch.nn.functional as F  # noqa: E402
 from models.config import Config, apply_overrides  # noqa: E402
 from models.diffusion import SDComponents  # noqa: E402
 
-VARIANTS = ("reference", "ours", "ours+checkpointing", "ours+channels_last")
+VARIANTS = ("reference", "reference+checkpointing", "ours", "ours+checkpointing", "ours+channels_last")
 HALF = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
@@ -77,7 +77,8 @@ def make_batch(args: argparse.Namespace, channels: int = 3) -> dict:
             "key": [f"bench/{i}" for i in range(args.batch_size)], "draw": torch.arange(args.batch_size)}
 
 
-def reference_step_fn(components: SDComponents, args: argparse.Namespace, device: torch.device):
+def reference_step_fn(components: SDComponents, args: argparse.Namespace, device: torch.device,
+                      variant: str = "reference"):
     """A diffusers-example training step; returns a closure that runs one step."""
     from diffusers import ControlNetModel
 
@@ -85,6 +86,8 @@ def reference_step_fn(components: SDComponents, args: argparse.Namespace, device
 
     controlnet = ControlNetModel.from_unet(components.unet, conditioning_embedding_out_channels=hint_channels(
         components.vae_scale_factor)).to(device).train()
+    if "checkpointing" in variant:
+        controlnet.enable_gradient_checkpointing()
     weight_dtype = HALF.get(args.precision, torch.float32)
     for module in (components.vae, components.text_encoder, components.unet):
         module.requires_grad_(False).to(device, dtype=weight_dtype)
@@ -144,16 +147,26 @@ def ours_step_fn(components: SDComponents, args: argparse.Namespace, device: tor
 
 
 def run_worker(args: argparse.Namespace) -> dict:
-    """Time ``args.steps`` steps of one variant after ``args.warmup`` untimed ones."""
+    """Time ``args.steps`` steps of one variant after ``args.warmup`` untimed ones (the first of
+    which is also counted with torch.utils.flop_counter).
+
+    Peak memory: on a GPU, CUDA's peak allocation above what was allocated when the worker
+    started (nothing in a fresh process); on the CPU, the process's peak resident set.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)
+    allocated_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     components = (tiny_components(args.seed) if args.components == "tiny"
                   else sd15_random_components(args.seed, args.device))
-    if args.worker == "reference":
-        step = reference_step_fn(components, args, device)
+    if args.worker.startswith("reference"):
+        step = reference_step_fn(components, args, device, args.worker)
     else:
         step = ours_step_fn(components, args, device, args.worker)
-    for _ in range(args.warmup):
+    with FlopCounterMode(display=False) as flops:  # SDPA is counted on CUDA only (no CPU formula)
+        step()
+    for _ in range(args.warmup - 1):
         step()
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
@@ -164,9 +177,10 @@ def run_worker(args: argparse.Namespace) -> dict:
         step()
     synchronize()
     seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+    peak = (torch.cuda.max_memory_allocated() - allocated_before if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"variant": args.worker, "steps_per_s": args.steps / seconds, "peak_mib": peak / 2**20}
+    return {"variant": args.worker, "steps_per_s": args.steps / seconds, "peak_mib": peak / 2**20,
+            "step_flop": flops.get_total_flops()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -178,7 +192,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--precision", choices=("32", "bf16-mixed", "16-mixed"), default="32")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least 1)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
@@ -195,15 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"components {args.components}, {device_name}, resolution {args.resolution}, batch {args.batch_size}, "
           f"precision {args.precision}, {args.steps} timed steps after {args.warmup}\n")
-    print(f"| {'variant':<20} | {'steps/s':>8} | {'peak memory (MiB)':>17} |\n|{'-' * 22}|{'-' * 10}|{'-' * 19}|")
+    print(f"| {'variant':<23} | {'steps/s':>8} | {'peak memory (MiB)':>17} |\n|{'-' * 25}|{'-' * 10}|{'-' * 19}|")
     for variant in args.variants:
         result = subprocess.run([sys.executable, __file__, *forwarded, "--worker", variant],
                                 capture_output=True, text=True)
         if result.returncode != 0:
-            print(f"| {variant:<20} | failed: {result.stderr.strip().splitlines()[-1]} |")
+            print(f"| {variant:<23} | failed: {result.stderr.strip().splitlines()[-1]} |")
             continue
         row = json.loads(result.stdout.strip().splitlines()[-1])
-        print(f"| {variant:<20} | {row['steps_per_s']:>8.2f} | {row['peak_mib']:>17.0f} |")
+        print(f"| {variant:<23} | {row['steps_per_s']:>8.2f} | {row['peak_mib']:>17.0f} |")
     return 0
 
 

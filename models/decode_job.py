@@ -233,6 +233,7 @@ def run_settings(decoder: ControlNetDecoder, config: Config, precision: str) -> 
         "control": asdict(decoder.spec), "resize_filter": config.decode.resize_filter,
         "precision": precision, "attention_slicing": config.decode.attention_slicing,
         "vae_tiling": config.decode.vae_tiling, "vae_slicing": config.decode.vae_slicing,
+        "speed": asdict(decoder.speed),  # float rounding only, but part of what made the bytes
     }
 
 
