@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
+import os
 import platform
 import statistics
 import sys
@@ -45,9 +45,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import diffusers
-import numpy as np
-import torch
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model is built from a config: never wait on a network
+
+import diffusers  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -353,6 +355,8 @@ def compare_decode(bench: Bench, ours: ControlNetDecoder, stock: ControlNetDecod
         stock_seconds.append(timed(bench, stock_call)[0])
     ours_rate = batch / statistics.median(ours_seconds)
     stock_rate = batch / statistics.median(stock_seconds)
+    print(f"  {label}, {PRECISION_NAMES[precision]} batch {batch}: {ours_rate:.2f} img/s (first call "
+          f"{first_seconds:.1f} s), stock {stock_rate:.2f} img/s", flush=True)
     floor = bench.results.get("floor", {}).get("floor_per_image", {}).get(precision, {}).get("denoising_s")
     return {"label": label, "precision": precision, "batch": batch, "ours_img_per_s": ours_rate,
             "stock_img_per_s": stock_rate, "ratio": ours_rate / stock_rate,
@@ -381,6 +385,8 @@ def section_train(bench: Bench) -> dict:
             f"--steps={sizes.train_steps}", f"--warmup={sizes.train_warmup}", f"--seed={bench.seed}"])
         args.worker = variant
         runs[variant] = bench_train.run_worker(args)
+        print(f"  {variant}: {runs[variant]['steps_per_s']:.2f} steps/s, {runs[variant]['peak_mib']:.0f} MiB",
+              flush=True)
         free_memory()
     peak = bench.results.get("floor", {}).get("peak_flop_per_s", {}).get("bf16")
     floor = runs["reference"]["step_flop"] / peak if peak else None  # without recomputation
@@ -447,18 +453,23 @@ def section_encode(bench: Bench) -> dict:
     images = [rng.randint(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(sizes.encode_batch)]
     rows = []
     for precision in sizes.encode_precisions:
-        encoder = build_encoder(bench, precision)
-        calls = {"segmentation": lambda: encoder.segmenter.predict(images),
-                 "captioning": lambda: encoder.captioner.caption(images), "encode": lambda: encoder.encode(images)}
-        row = {"precision": precision, "batch": sizes.encode_batch, "size": [width, height]}
-        for name, call in calls.items():
-            call()  # warm-up
-            seconds = [timed(bench, call)[0] for _ in range(sizes.repeats)]
-            row[f"{name}_img_per_s"] = sizes.encode_batch / statistics.median(seconds)
-        rows.append(row)
-        del encoder, calls
+        rows.append({"precision": precision, "batch": sizes.encode_batch, "size": [width, height],
+                     **time_encoder(bench, build_encoder(bench, precision), images)})
         free_memory()
     return {"rows": rows, "num_beams": 3, "max_new_tokens": 30}
+
+
+def time_encoder(bench: Bench, encoder, images: list[np.ndarray]) -> dict:
+    """Images/s of the segmenter, the captioner and the whole encoder (median after a warm-up)."""
+    calls = {"segmentation": lambda: encoder.segmenter.predict(images),
+             "captioning": lambda: encoder.captioner.caption(images), "encode": lambda: encoder.encode(images)}
+    rates = {}
+    for name, call in calls.items():
+        call()  # warm-up
+        seconds = [timed(bench, call)[0] for _ in range(bench.sizes.repeats)]
+        rates[f"{name}_img_per_s"] = len(images) / statistics.median(seconds)
+        print(f"  {name}: {rates[f'{name}_img_per_s']:.2f} img/s", flush=True)
+    return rates
 
 
 def section_compile(bench: Bench) -> dict:
@@ -537,8 +548,15 @@ def run_sections(bench: Bench, sections: list[str], out: Path, time_budget_s: fl
 
 # ----- the table ----------------------------------------------------------------------------------
 
+PRECISION_NAMES = {"32": "fp32", "16": "fp16", "bf16": "bf16"}
+
+
 def _number(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _flop(value: float) -> str:
+    return f"{value / 1e12:.3f} TFLOP" if value >= 1e11 else f"{value / 1e9:.3f} GFLOP"
 
 
 def _check(match: dict) -> str:
@@ -550,18 +568,21 @@ def _check(match: dict) -> str:
 def decode_lines(section: str, rows: list[dict]) -> list[str]:
     lines = []
     for row in rows:
-        setting = f"{row['precision']} batch {row['batch']}" + ("" if row["label"] == "ours" else f", {row['label']}")
+        setting = (f"{PRECISION_NAMES[row['precision']]} batch {row['batch']}"
+                   + ("" if row["label"] == "ours" else f", {row['label']}"))
         if "compile_s" in row:
             setting += f" (compiling: {row['compile_s']:.0f} s)"
-        lines.append(f"| {section} | {setting} | {row['ours_img_per_s']:.2f} img/s | {row['stock_img_per_s']:.2f} img/s "
-                     f"| {row['ratio']:.2f} | {_number(row['fraction_of_floor'])} | {_check(row['match'])} |")
+        lines.append(f"| {section} | {setting} | {row['ours_img_per_s']:.2f} img/s "
+                     f"| {row['stock_img_per_s']:.2f} img/s | {row['ratio']:.2f} "
+                     f"| {_number(row['fraction_of_floor'])} | {_check(row['match'])} |")
     return lines
 
 
 def train_lines(result: dict) -> list[str]:
     lines = []
     for row in result["rows"]:
-        setting = f"{result['precision']} batch {result['batch']}" + (" + checkpointing" if row["checkpointing"] else "")
+        setting = f"{result['precision']} batch {result['batch']}"
+        setting += " + checkpointing" if row["checkpointing"] else ""
         ours, reference = (f"{run['steps_per_s']:.2f} steps/s, {run['peak_mib'] / 1024:.1f} GiB"
                            for run in (row["ours"], row["reference"]))
         lines.append(f"| train | {setting} | {ours} | {reference} | {row['ratio']:.2f} "
@@ -570,33 +591,39 @@ def train_lines(result: dict) -> list[str]:
 
 
 def encode_lines(result: dict) -> list[str]:
-    return [f"| encode | {row['precision']} batch {row['batch']}, {row['size'][0]}x{row['size'][1]} "
+    return [f"| encode | {PRECISION_NAMES[row['precision']]} batch {row['batch']}, {row['size'][0]}x{row['size'][1]} "
             f"| {row['encode_img_per_s']:.2f} img/s (segmentation {row['segmentation_img_per_s']:.1f}, "
             f"captioning {row['captioning_img_per_s']:.2f}) | n/a | n/a | n/a | {result['num_beams']} beams, "
             f"{result['max_new_tokens']} tokens |" for row in result["rows"]]
 
 
-def format_table(results: dict) -> str:
-    """The run as a markdown table, with card, versions and floor above it."""
+def header_lines(results: dict) -> list[str]:
+    """Card, versions and command; the FLOP floor; host synchronisations per decode call."""
     meta = results["meta"]
     versions = ", ".join(f"{name} {version}" for name, version in meta["versions"].items())
     lines = [f"card: {meta['card']}; {meta['date']}", f"versions: {versions}", f"command: {meta['command']}"]
     floor = results.get("floor", {})
     if "flop" in floor:
-        flop, sizes = floor["flop"], meta["sizes"]
-        rates = ", ".join(f"{p} {rate / 1e12:.1f}" for p, rate in floor["peak_flop_per_s"].items())
-        per_image = ", ".join(f"{p} {value['denoising_s'] * 1e3:.1f} ms ({value['with_vae_s'] * 1e3:.1f} with VAE)"
+        flop, size = floor["flop"], meta["sizes"]["resolution"]
+        rates = ", ".join(f"{PRECISION_NAMES[p]} {rate / 1e12:.1f}" for p, rate in floor["peak_flop_per_s"].items())
+        per_image = ", ".join(f"{PRECISION_NAMES[p]} {value['denoising_s'] * 1e3:.1f} ms "
+                              f"({value['with_vae_s'] * 1e3:.1f} with VAE)"
                               for p, value in floor["floor_per_image"].items())
-        lines += [f"FLOP per guided step at {sizes['resolution']}x{sizes['resolution']}: ControlNet "
-                  f"{flop['controlnet'] / 1e12:.3f} T + UNet {flop['unet'] / 1e12:.3f} T = {flop['guided_step'] / 1e12:.3f} T; "
-                  f"VAE decode {flop['vae_decode_per_image'] / 1e12:.3f} T per image",
+        lines += [f"FLOP per guided step at {size}x{size}: ControlNet {_flop(flop['controlnet'])} + UNet "
+                  f"{_flop(flop['unet'])} = {_flop(flop['guided_step'])}; VAE decode "
+                  f"{_flop(flop['vae_decode_per_image'])} per image",
                   f"matrix-product rate (TFLOP/s): {rates}; floor per image ({floor['steps']} steps): {per_image}"]
     syncs = results.get("decode", {}).get("host_syncs_per_call")
     if syncs and syncs.get("ours") is not None:
         lines.append(f"host synchronisations per decode call (batch {syncs['batch']}, {syncs['steps']} steps): "
                      f"ours {syncs['ours']}, stock {syncs['stock']}")
-    lines += ["", "| section | setting | ours | reference | ratio | fraction of floor | check |",
-              "|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def format_table(results: dict) -> str:
+    """The run as a markdown table, with card, versions and floor above it."""
+    lines = header_lines(results) + ["", "| section | setting | ours | reference | ratio | fraction of floor | check |",
+                                     "|---|---|---|---|---|---|---|"]
     for name in SECTIONS:
         result = results.get(name)
         if result is None or name == "floor" and "flop" in result:

@@ -105,7 +105,7 @@ class DecodeConfig:
     cpu_offload: bool = False  # models wait on the CPU; each moves to the GPU while it runs
     allow_pickle: bool = False  # load checkpoints that weights_only loading refuses (trusted only)
     # Speed: none of these changes the images beyond float rounding (docs/decoding.md, Speed).
-    precomputed_sampler: bool | None = None  # sampler steps as precomputed weights, no per-step host sync; null: on CUDA
+    precomputed_sampler: bool | None = None  # sampler as precomputed weights: no per-step host sync; null: on CUDA
     channels_last: bool | None = None  # NHWC layout for UNet, ControlNet and VAE; null: on CUDA
     fuse_qkv: bool = False  # one projection for q, k, v in self-attention (k, v in cross-attention)
     compile: bool = False  # torch.compile UNet and ControlNet: compiles per new size (minutes), then faster
