@@ -290,7 +290,7 @@ class ControlNetDecoder:
     def denoise_planned(self, noise: torch.Tensor, text: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
         """(B, 4, h/f, w/f) float32 latents after the precomputed sampler: a weighted sum per step."""
         plan = self.sampler_plan()
-        timesteps = plan.timesteps.to(self.device)  # the only host-to-device copies: once per batch
+        timesteps = plan.timesteps.to(self.device)  # copied once per batch, never per step
         input_weights = plan.input_weights.to(self.device, torch.float32)  # (N, N + 1)
         basis = torch.zeros((plan.num_steps + 1, *noise.shape), device=self.device)  # (N + 1, B, 4, h/f, w/f)
         basis[0] = noise.to(self.device)
