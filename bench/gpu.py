@@ -318,14 +318,15 @@ def count_decode_flops(bench: Bench) -> dict:
             "vae_decode_per_image": vae_flops.get_total_flops()}
 
 
-def matmul_rate(bench: Bench, dtype: torch.dtype, repeats: int = 10) -> float:
-    """FLOP/s of an n x n x n matrix product on random data (median of ``repeats`` after 3 warm-ups)."""
+def matmul_rate(bench: Bench, dtype: torch.dtype, products: int = 10, repeats: int = 5) -> float:
+    """FLOP/s of n x n x n matrix products on random data: the median over ``repeats`` timings of
+    ``products`` back-to-back products each, after 3 warm-ups."""
     n = bench.sizes.matmul_size
     generator = torch.Generator(bench.device).manual_seed(0)
     a, b = (torch.randn((n, n), generator=generator, device=bench.device).to(dtype) for _ in range(2))
     for _ in range(3):
         a @ b
-    seconds = [timed(bench, lambda: a @ b)[0] for _ in range(repeats)]
+    seconds = [timed(bench, lambda: [a @ b for _ in range(products)])[0] / products for _ in range(repeats)]
     return 2 * n**3 / statistics.median(seconds)
 
 
