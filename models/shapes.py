@@ -4,7 +4,8 @@ Each sample is a flat background with one to three non-overlapping shapes (circl
 triangle, diamond) in flat colours, drawn without anti-aliasing, so the label map is exact:
 every pixel of class ``k`` has the colour of the shape drawn there, every background pixel the
 background colour. The caption names each shape's colour (and size, when small or large) and
-the background, e.g. "a red circle and a small blue square on a grey background". Label map
+the background, e.g. "a red circle and a small blue square on a grey background", naming the
+shapes from left to right. Label map
 (where and which shape) plus caption (which colours) therefore fix every pixel, which is what
 the learning test needs and what a quick demonstration model can learn in minutes.
 
@@ -136,9 +137,13 @@ def size_word(side: int, image_size: int) -> str:
 
 
 def caption(shapes: list[Shape], background: str, image_size: int) -> str:
-    """One sentence naming every shape (colour, size, kind) and the background."""
+    """One sentence naming every shape (colour, size, kind), left to right, and the background.
+
+    Reading order (by the centre of each shape's box, left to right, then top to bottom) makes
+    the caption a function of the picture, which a captioner can learn; drawing order is not.
+    """
     parts = []
-    for shape in shapes:
+    for shape in sorted(shapes, key=lambda s: (2 * s.left + s.side, 2 * s.top + s.side)):
         words = " ".join(w for w in (size_word(shape.side, image_size), shape.color, shape.kind) if w)
         parts.append(f"{'an' if words[0] in 'aeiou' else 'a'} {words}")
     named = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]

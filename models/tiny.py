@@ -111,13 +111,13 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def write_clip_tokenizer_files(folder: Path) -> int:
-    """A CLIP BPE vocabulary of single characters plus whole tiny-vocabulary words."""
+def write_clip_tokenizer_files(folder: Path, words: list[str] = CAPTION_WORDS) -> int:
+    """A CLIP BPE vocabulary of single characters plus ``words`` as whole tokens; its size."""
     folder.mkdir(parents=True, exist_ok=True)
     characters = list(bytes_to_unicode().values())
     vocab = characters + [c + "</w>" for c in characters]
     merges = []
-    for word in CAPTION_WORDS:  # merge each word left to right into one token
+    for word in words:  # merge each word left to right into one token
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         while len(pieces) > 1:
             merged = pieces[0] + pieces[1]
