@@ -52,6 +52,7 @@ from models.palettes import get_palette
 
 FORMAT_VERSION = 1
 NOISE_STREAM = 1  # derived_seed(seed, NOISE_STREAM, draw): latents, dropout, noise, timesteps
+INIT_STREAM = 2  # derived_seed(seed, INIT_STREAM): the ControlNet's freshly initialised layers
 HALF_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 UNET_DECODER_MODULES = ("up_blocks", "conv_norm_out", "conv_out")  # the UNet's decoder half
 LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
@@ -135,7 +136,9 @@ class ControlNetModule(pl.LightningModule):
         self.vae, self.text_encoder, self.unet = components.vae, components.text_encoder, components.unet
         self.tokenizer, self.noise_scheduler = components.tokenizer, components.scheduler
         self.vae_scale_factor = components.vae_scale_factor
-        self.controlnet = build_controlnet(components, config)
+        with torch.random.fork_rng(devices=[]):  # the same initial weights in every run and rank
+            torch.manual_seed(derived_seed(config.train.seed, INIT_STREAM))
+            self.controlnet = build_controlnet(components, config)
         self._freeze()
         self.controlnet_ema = (copy.deepcopy(self.controlnet).requires_grad_(False)
                                if config.train.ema_decay is not None else None)
