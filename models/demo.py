@@ -1,0 +1,316 @@
+"""The quickstart demo: the whole chain on images it has never seen, and a report folder.
+
+    python -m models.demo [--output_dir reports/quickstart]
+
+With the default config (``configs/shapes.yaml``: the small models shipped in
+``checkpoints/shapes/``) it generates held-out shapes images, then runs the five scripts as a
+user would: ``process_input.py`` (label maps and captions into ``.sem`` files),
+``process_decoding.py`` (images back from the ``.sem`` files), ``compress_images.py`` (classic
+codecs at the byte size of each ``.sem`` file) and ``evaluate.py`` (PSNR, SSIM, semantic
+consistency, bits per pixel, rate-distortion plot). It writes:
+
+    originals/            the input images (shapes: generated; ground-truth label maps in truth_maps/)
+    semantic/             one .sem file per image: label map + caption, the rate we report
+    reconstructions/      decoded from the .sem files (manifest.json: seeds and settings)
+    baselines/            <codec>/ files at the same byte sizes, <codec>_decoded/, results.csv
+    evaluation/           evaluate.py's folders, summary.json and plots
+    grid.png              original | transmitted label map | ours | each codec, per image
+    rate_distortion.png   quality against bits per pixel for every method
+    metrics.md            the table: bits per pixel, PSNR, SSIM, semantic mIoU per method
+    report.md             what was run, the table, the pictures, and how to read them
+
+``--config_path configs/config.yaml --input_dir PHOTOS`` runs the real system on your photographs
+through the same code (its weights must be present: see checkpoints/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from models.config import Config, ConfigError, load_config
+from models.quickstart import HELD_OUT_SPLIT, SHAPES_CONFIG, held_out_samples
+
+CODECS = ("jpeg", "webp", "png", "avif", "jxl")
+METRICS = ("psnr", "ssim", "semantic")  # MS-SSIM needs sides > 160 px; LPIPS etc. need downloads
+MARKER = ".demo-report"  # marks a folder the demo may empty and rewrite
+GRID_CELL = 128  # pixels per grid cell (shapes images are upscaled without smoothing)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--output_dir", default="reports/quickstart", help="the report folder")
+    parser.add_argument("--config_path", default=str(SHAPES_CONFIG),
+                        help="configs/shapes.yaml: the shipped small models; configs/config.yaml: the real ones")
+    parser.add_argument("--input_dir", default=None,
+                        help="your own images (default: freshly generated held-out shapes images)")
+    parser.add_argument("--num_images", type=int, default=8, help="shapes images to generate")
+    parser.add_argument("--seed", type=int, default=0, help="data-set seed of the generated images")
+    parser.add_argument("--codecs", nargs="+", choices=CODECS, default=list(CODECS), help="baseline codecs")
+    parser.add_argument("--metrics", nargs="+", default=list(METRICS), help="evaluate.py --metrics")
+    parser.add_argument("--grid_images", type=int, default=6, help="rows of the grid")
+    return parser.parse_args(argv)
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+def missing_weights(config: Config) -> list[str]:
+    """The configured models that are neither local files nor in the Hugging Face cache."""
+    needs = [("segmentation.checkpoint", config.segmentation.checkpoint, None),
+             ("captioning.model", config.captioning.model, "config.json"),
+             ("diffusion.sd_model_path", config.diffusion.sd_model_path, "model_index.json"),
+             ("diffusion.controlnet_path", config.diffusion.controlnet_path, "config.json")]
+    return [f"{key} ({value or 'not set'})" for key, value, marker in needs if not _available(value, marker)]
+
+
+def _available(value: str | None, marker: str | None) -> bool:
+    """A local path, or a hub id whose ``marker`` file is cached (nothing is downloaded)."""
+    if not value:
+        return False
+    if Path(value).exists():
+        return True
+    if marker is None or value.startswith((".", "/")) or value.count("/") != 1:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(value, marker), str)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def clear_report_folder(output_dir: Path) -> None:
+    """Empty a previous demo report (recognised by its marker file); refuse any other folder."""
+    if output_dir.exists() and any(output_dir.iterdir()):
+        if not (output_dir / MARKER).is_file():
+            raise ValueError(f"--output_dir {output_dir} is not empty and holds no demo report; "
+                             f"choose a new or empty folder")
+        shutil.rmtree(output_dir)  # a report describes one run
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / MARKER).write_text("a report folder of python -m models.demo\n", encoding="utf-8")
+
+
+def write_shapes_inputs(output_dir: Path, count: int, seed: int) -> dict[str, str]:
+    """Held-out shapes images in ``originals/``, their exact maps in ``truth_maps/``; captions."""
+    from models.imageio import atomic_save_image
+    from models.palettes import label_map_to_pil
+
+    captions = {}
+    for index, sample in enumerate(held_out_samples(count, seed)):
+        name = f"shape_{index:05d}.png"
+        atomic_save_image(Image.fromarray(sample.image), output_dir / "originals" / name)
+        atomic_save_image(label_map_to_pil(sample.label_map), output_dir / "truth_maps" / name)
+        captions[name] = sample.caption
+    return captions
+
+
+# --- the chain ------------------------------------------------------------------------------------
+
+def run_chain(originals: Path, output_dir: Path, config_path: str, codecs: list[str],
+              metrics: list[str]) -> dict[str, float]:
+    """The four scripts in order; seconds per step. Raises ``RuntimeError`` when one fails."""
+    import compress_images
+    import evaluate
+    import process_decoding
+    import process_input
+
+    semantic, decoded, baselines = output_dir / "semantic", output_dir / "reconstructions", output_dir / "baselines"
+    methods = [f"ours={decoded},{semantic}"] + [f"{c}={baselines / (c + '_decoded')},{baselines / c}" for c in codecs]
+    steps = [
+        ("encode", process_input.main, ["--input_dir", originals, "--output_dir", semantic, "--format", "sem",
+                                        "--config_path", config_path]),
+        ("decode", process_decoding.main, ["--input_path", semantic, "--output_dir", decoded,
+                                           "--config_path", config_path]),
+        ("baselines", compress_images.main, ["--input-dir", originals, "--output-dir", baselines,
+                                             "--match-sizes-from", semantic, "--allow-downscale",
+                                             "--codecs", *codecs]),
+        ("evaluate", evaluate.main, ["--ground_truth_path", originals, "--label_path", semantic,
+                                     "--output_dir", output_dir / "evaluation", "--config_path", config_path,
+                                     "--metrics", *metrics, "--grid_images", "0",
+                                     *[part for method in methods for part in ("--method", method)]]),
+    ]
+    seconds = {}
+    for name, script_main, arguments in steps:
+        print(f"\n== {name}: {script_main.__module__}.py", flush=True)
+        start = time.perf_counter()
+        status = script_main([str(argument) for argument in arguments])
+        seconds[name] = round(time.perf_counter() - start, 1)
+        if status != 0:
+            raise RuntimeError(f"{script_main.__module__}.py stopped with exit status {status} (see above)")
+    return seconds
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+def method_rows(output_dir: Path) -> list[dict]:
+    """One row per method from evaluate.py's summary: its name and mean metrics."""
+    summary = json.loads((output_dir / "evaluation" / "summary.json").read_text(encoding="utf-8"))
+    return [{"method": run["method"], **run["metrics"]} for run in summary["runs"]]
+
+
+def fit_counts(output_dir: Path) -> dict[str, str]:
+    """Per codec, how many images fit the byte budget ("6/8"), from compress_images' results.csv."""
+    import csv
+
+    with open(output_dir / "baselines" / "results.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    counts = {}
+    for codec in dict.fromkeys(row["codec"] for row in rows):
+        mine = [row for row in rows if row["codec"] == codec]
+        counts[codec] = f"{sum(row['fits'] == 'true' for row in mine)}/{len(mine)}"
+    return counts
+
+
+def metrics_table(rows: list[dict], fits: dict[str, str]) -> str:
+    """A Markdown table: bits per pixel, bytes, PSNR, SSIM, semantic mIoU, budget fits."""
+    columns = [("bpp", "bits/pixel"), ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("ms_ssim", "MS-SSIM"),
+               ("sem_miou", "semantic mIoU"), ("sem_pixel_accuracy", "semantic pixel acc.")]
+    shown = [(key, title) for key, title in columns if any(row.get(key) is not None for row in rows)]
+    lines = ["| method | " + " | ".join(title for _, title in shown) + " | fits the byte budget |",
+             "|---" * (len(shown) + 2) + "|"]
+    for row in rows:
+        cells = ["-" if row.get(key) is None else f"{row[key]:.3f}" for key, _ in shown]
+        fit = "(the budget)" if row["method"] == "ours" else fits.get(row["method"], "-")
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {fit} |")
+    return "\n".join(lines)
+
+
+def thumbnail(image: Image.Image) -> np.ndarray:
+    """A grid cell GRID_CELL pixels high: small images enlarged without smoothing, large ones reduced."""
+    size = (max(1, round(image.width * GRID_CELL / image.height)), GRID_CELL)
+    smaller = image.height > GRID_CELL
+    return np.asarray(image.convert("RGB").resize(size, Image.Resampling.LANCZOS if smaller else Image.Resampling.NEAREST))
+
+
+def draw_grid(output_dir: Path, originals: Path, rows: list[dict], codecs: list[str], count: int) -> Path:
+    """grid.png: original | transmitted label map | ours | each codec, one image per row."""
+    from models.bitstream import read_sem
+    from models.palettes import colorize
+    from models.plots import plot_image_grid
+
+    bpp = {row["method"]: row.get("bpp") for row in rows}
+    titles = ["original", "label map (sent)"] + [
+        f"{name}\n{bpp[name]:.3f} bpp" if bpp.get(name) is not None else name for name in ["ours", *codecs]]
+    cells, captions = [], []
+    for sem in sorted((output_dir / "semantic").rglob("*.sem"))[:count]:
+        rel = sem.relative_to(output_dir / "semantic").with_suffix(".png")
+        code = read_sem(sem)
+        original = next(path for path in (originals / rel.parent).glob(rel.stem + ".*") if path.is_file())
+        images = [Image.open(original), Image.fromarray(colorize(code.label_map)),
+                  Image.open(output_dir / "reconstructions" / rel)]
+        images += [Image.open(output_dir / "baselines" / f"{codec}_decoded" / rel) for codec in codecs]
+        cells.append([thumbnail(image) for image in images])
+        captions.append(_wrap(code.caption, 26))
+    plot_image_grid(cells, titles, captions, output_dir / "grid.png", cell_height=GRID_CELL)
+    return output_dir / "grid.png"
+
+
+def _wrap(text: str, width: int) -> str:
+    """``text`` broken into lines of at most about ``width`` characters."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def encoder_accuracy(output_dir: Path, truth_captions: dict[str, str], num_classes: int) -> dict[str, float]:
+    """For generated shapes: the transmitted maps against the exact ones (mIoU), and the share of
+    captions equal to the data set's."""
+    from models.bitstream import read_sem
+    from models.palettes import label_map_from_pil
+    from models.quickstart import dataset_miou
+
+    codes = {name: read_sem((output_dir / "semantic" / name).with_suffix(".sem")) for name in truth_captions}
+    truths = [label_map_from_pil(Image.open(output_dir / "truth_maps" / name)) for name in codes]
+    return {"segmenter_miou": dataset_miou(truths, [c.label_map for c in codes.values()], num_classes),
+            "caption_accuracy": float(np.mean([codes[n].caption == c for n, c in truth_captions.items()]))}
+
+
+def write_report(output_dir: Path, args: argparse.Namespace, table: str, seconds: dict[str, float],
+                 accuracy: dict[str, float] | None, config: Config) -> Path:
+    """report.md: what ran, the table, the pictures and how to read them."""
+    lines = ["# Semantic compression: demo report", "",
+             f"Config `{args.config_path}`; inputs: " + (
+                 f"`{args.input_dir}`" if args.input_dir else
+                 f"{args.num_images} freshly generated shapes images (split `{HELD_OUT_SPLIT}`, seed "
+                 f"{args.seed}), never seen in training"),
+             f"Captions: BLIP (`{config.captioning.model}`), as `process_input.py` produced them.", ""]
+    if accuracy is not None:
+        lines += [f"- Segmenter on the originals vs the exact label maps: mIoU {accuracy['segmenter_miou']:.3f}",
+                  f"- Captions identical to the data set's: {accuracy['caption_accuracy']:.0%}", ""]
+    lines += ["## Metrics (means over the images)", "", table, "",
+              "`bits/pixel` is the file size: the `.sem` file for ours, the codec's file for the others, "
+              "each baseline given the same number of bytes as our file for that image (shrinking the "
+              "image when even its lowest quality does not fit; `fits` counts the images that did). "
+              "`semantic mIoU` re-segments each method's images with our segmenter and compares them "
+              "with the label maps we sent. MS-SSIM needs images larger than 160 pixels a side.", "",
+              "![grid](grid.png)", "", "![rate-distortion](rate_distortion.png)", "",
+              "## Folders", "", ("originals in `" + str(args.input_dir) + "`" if args.input_dir else
+                                 "`originals/` (exact label maps in `truth_maps/`)")
+              + ", `semantic/` (.sem files), `reconstructions/`, `baselines/`, "
+              "`evaluation/` (per-method metrics.csv and summary.json).", "",
+              "## Time (seconds)", "", " | ".join(f"{k} {v}" for k, v in seconds.items()), ""]
+    path = output_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    output_dir = Path(args.output_dir)
+    try:
+        config = load_config(args.config_path)
+        missing = missing_weights(config)
+        if missing:
+            raise ValueError(f"{args.config_path} names models that are not on this machine: "
+                             f"{', '.join(missing)}; see checkpoints/README.md (the shipped small "
+                             f"system needs no downloads: --config_path {SHAPES_CONFIG.relative_to(SHAPES_CONFIG.parents[1])})")
+        if args.input_dir is not None and not Path(args.input_dir).is_dir():
+            raise ValueError(f"--input_dir {args.input_dir} is not a folder")
+        if args.input_dir is not None and _inside(Path(args.input_dir), output_dir):
+            raise ValueError(f"--input_dir {args.input_dir} lies inside --output_dir {output_dir}, "
+                             f"which the demo empties")
+    except (ValueError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        clear_report_folder(output_dir)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    truth_captions = None
+    if args.input_dir is None:
+        truth_captions = write_shapes_inputs(output_dir, args.num_images, args.seed)
+    originals = Path(args.input_dir) if args.input_dir else output_dir / "originals"
+    try:
+        seconds = run_chain(originals, output_dir, args.config_path, args.codecs, args.metrics)
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    rows = method_rows(output_dir)
+    table = metrics_table(rows, fit_counts(output_dir))
+    (output_dir / "metrics.md").write_text(table + "\n", encoding="utf-8")
+    draw_grid(output_dir, originals, rows, args.codecs, args.grid_images)
+    if (output_dir / "evaluation" / "rate_distortion.png").exists():
+        shutil.copyfile(output_dir / "evaluation" / "rate_distortion.png", output_dir / "rate_distortion.png")
+    accuracy = (encoder_accuracy(output_dir, truth_captions, config.segmentation.num_classes)
+                if truth_captions else None)
+    seconds["total"] = round(time.perf_counter() - start, 1)
+    report = write_report(output_dir, args, table, seconds, accuracy, config)
+    print("\n" + table + f"\n\nreport: {report.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
