@@ -219,13 +219,52 @@ def _run_stage(name: str, threads: int, function, *arguments) -> tuple[str, dict
     return name, {**result, "seconds": round(time.perf_counter() - start, 1)}
 
 
+def stage_settings(name: str, config: Config, recipe: Recipe, seed: int, threads: int) -> dict:
+    """Everything that decides the bits a stage writes (besides code and library versions)."""
+    common = {"seed": seed, "threads": threads, "train_images": recipe.train_images, "image_size": IMAGE_SIZE}
+    if name == "segmenter":
+        return {**common, "stage": asdict(recipe.segmenter), "architecture": asdict(config.segmentation)}
+    if name == "captioner":
+        return {**common, "stage": asdict(recipe.captioner), "architecture": BLIP_ARCHITECTURE}
+    if name == "stable_diffusion":
+        return {**common, "autoencoder": asdict(recipe.autoencoder), "text_to_image": asdict(recipe.text_to_image),
+                "architecture": [VAE_ARCHITECTURE, UNET_ARCHITECTURE, TEXT_ENCODER_ARCHITECTURE, NOISE_SCHEDULE,
+                                 TOKENIZER_LENGTH]}
+    return {**common, "steps": recipe.controlnet_steps, "train": asdict(config.train),
+            "diffusion": asdict(config.diffusion), "segmentation": asdict(config.segmentation)}
+
+
+STAGE_OUTPUTS = {"segmenter": SEGMENTATION_FILE, "captioner": f"{BLIP_DIR}/model.safetensors",
+                 "stable_diffusion": f"{SD_DIR}/model_index.json",
+                 "controlnet": f"{CONTROLNET_DIR}/semantic_compression.json"}
+
+
+def finished_stage(work_dir: Path, output_dir: Path, name: str, settings: dict) -> dict | None:
+    """The recorded result of ``name`` when it already ran with ``settings`` and its output is there."""
+    record = work_dir / "stages" / f"{name}.json"
+    if not record.is_file() or not (output_dir / STAGE_OUTPUTS[name]).exists():
+        return None
+    done = json.loads(record.read_text(encoding="utf-8"))
+    return done["result"] if done["settings"] == json.loads(json.dumps(settings)) else None
+
+
+def record_stage(work_dir: Path, name: str, settings: dict, result: dict) -> None:
+    """Note that ``name`` finished with ``settings`` (written after its outputs)."""
+    from models.imageio import atomic_write_json
+
+    atomic_write_json(work_dir / "stages" / f"{name}.json", {"settings": settings, "result": result})
+
+
 def train_all(output_dir: str | Path, work_dir: str | Path, seed: int = 0, threads: int = 1,
-              workers: int = 2, recipe: Recipe = Recipe(), config_path: str | Path = SHAPES_CONFIG) -> dict:
+              workers: int = 2, recipe: Recipe = Recipe(), config_path: str | Path = SHAPES_CONFIG,
+              fresh: bool = False) -> dict:
     """Generate the data, train every component, write ``training.json``; returns its content.
 
     Segmenter, captioner and the VAE + UNet chain are independent and run in ``workers``
     processes of ``threads`` threads each; the ControlNet needs the last of them and runs after,
-    alone, with ``threads * workers`` threads.
+    alone, with ``threads * workers`` threads. A stage that already finished into ``output_dir``
+    with the same settings (recorded under ``work_dir/stages/``) is not run again, unless
+    ``fresh``; the ControlNet's settings include the SD stage's, so it follows a retrained SD.
     """
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
@@ -235,6 +274,8 @@ def train_all(output_dir: str | Path, work_dir: str | Path, seed: int = 0, threa
 
     output_dir, work_dir = Path(output_dir).resolve(), Path(work_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        shutil.rmtree(work_dir / "stages", ignore_errors=True)
     start = time.perf_counter()
     config = load_config(config_path)
     data_root = work_dir / "data"
@@ -243,16 +284,29 @@ def train_all(output_dir: str | Path, work_dir: str | Path, seed: int = 0, threa
     stages = [("stable_diffusion", train_stable_diffusion, data, recipe, seed, output_dir, work_dir),
               ("segmenter", train_segmentation, config, data, recipe.segmenter, seed, output_dir),
               ("captioner", train_blip, data, recipe.captioner, seed, output_dir)]
+    settings = {name: stage_settings(name, config, recipe, seed, threads) for name, *_ in stages}
+    results = {name: finished_stage(work_dir, output_dir, name, settings[name]) for name in settings}
+    for name, result in results.items():
+        if result is not None:
+            print(f"{name}: already trained with these settings ({output_dir / STAGE_OUTPUTS[name]})", flush=True)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(_run_stage, name, threads, function, *arguments)
-                   for name, function, *arguments in stages]
-        results = dict(future.result() for future in futures)
-    shutil.rmtree(work_dir / "controlnet_run", ignore_errors=True)  # train.py refuses a used folder
-    controlnet_start = time.perf_counter()
-    results["controlnet"] = train_controlnet(Path(config_path).resolve(), output_dir / SD_DIR, data_root,
-                                             work_dir / "controlnet_run", seed, threads * workers, output_dir,
-                                             recipe.controlnet_steps)
-    results["controlnet"]["seconds"] = round(time.perf_counter() - controlnet_start, 1)
+                   for name, function, *arguments in stages if results[name] is None]
+        for future in futures:
+            name, result = future.result()
+            record_stage(work_dir, name, settings[name], result)
+            results[name] = result
+    settings["controlnet"] = {**stage_settings("controlnet", config, recipe, seed, threads * workers),
+                              "stable_diffusion": settings["stable_diffusion"]}
+    results["controlnet"] = finished_stage(work_dir, output_dir, "controlnet", settings["controlnet"])
+    if results["controlnet"] is None:
+        shutil.rmtree(work_dir / "controlnet_run", ignore_errors=True)  # train.py refuses a used folder
+        controlnet_start = time.perf_counter()
+        results["controlnet"] = train_controlnet(Path(config_path).resolve(), output_dir / SD_DIR, data_root,
+                                                 work_dir / "controlnet_run", seed, threads * workers, output_dir,
+                                                 recipe.controlnet_steps)
+        results["controlnet"]["seconds"] = round(time.perf_counter() - controlnet_start, 1)
+        record_stage(work_dir, "controlnet", settings["controlnet"], results["controlnet"])
     report = {"seed": seed, "threads_per_process": threads, "worker_processes": workers,
               "recipe": asdict(recipe), "config": str(Path(config_path).name), "stages": results,
               "total_seconds": round(time.perf_counter() - start, 1), "software": software_versions()}
@@ -361,6 +415,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--threads", type=int, default=1,
                        help="torch threads per process (the float results depend on it)")
     train.add_argument("--workers", type=int, default=2, help="processes for the independent models")
+    train.add_argument("--fresh", action="store_true",
+                       help="train every stage again (default: skip stages already trained with the same settings)")
     evaluate = commands.add_parser("evaluate", help="end-to-end quality on held-out shapes images",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     evaluate.add_argument("--model_dir", default=None,
@@ -375,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "train":
         report = train_all(args.output_dir, args.work_dir, args.seed, args.threads, args.workers,
-                           config_path=args.config_path)
+                           config_path=args.config_path, fresh=args.fresh)
         print(f"trained in {report['total_seconds'] / 60:.1f} min; models in {args.output_dir}")
         return 0
     report = quality_report(model_config(args.model_dir, args.config_path), args.num_images, args.seed)
