@@ -1,0 +1,162 @@
+"""Acceptance of the quickstart: the shipped small system keeps what the label map says.
+
+On held-out shapes images (a split the training never saw) the chain runs as in use: encode
+with the shipped segmenter and BLIP, send the code through the .sem format, decode with the
+shipped ControlNet, re-segment the reconstruction. Random tiny models cannot pass these tests:
+a decoder that ignores the map, swaps palette colours or mixes up channels fails them.
+
+QUICKSTART_MODEL_DIR=<a folder written by `python -m models.quickstart train`> runs the same
+checks on other weights (the reproduction check in docs/quickstart.md).
+"""
+
+import csv
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.quickstart import (DEFAULT_MODEL_DIR, TRAINING_REPORT, Recipe, Stage, model_config,
+                               quality_report, train_all)
+from tests.threads import one_cpu_thread  # noqa: F401  (fixture)
+
+MODEL_DIR = os.environ.get("QUICKSTART_MODEL_DIR")
+IMAGES = 16
+
+
+@pytest.fixture(scope="module")
+def report(one_cpu_thread):
+    result = quality_report(model_config(MODEL_DIR), count=IMAGES)
+    print(result)
+    return result
+
+
+def test_the_shipped_segmenter_reads_the_originals(report):
+    assert report.segmenter_miou >= 0.9  # measured: 0.958
+
+
+def test_reconstructions_keep_the_transmitted_label_maps(report):
+    assert report.end_to_end_miou >= 0.55  # measured: 0.621 (random weights: about 0.05)
+
+
+@pytest.mark.xfail(strict=True, reason="the issue's target; the shipped decoder measures 0.621 "
+                                       "(docs/quickstart.md: what limits it and what would fix it)")
+def test_reconstructions_reach_the_quickstart_target(report):
+    assert report.end_to_end_miou >= 0.75
+
+
+def test_decoding_shuffled_label_maps_agrees_much_less(report):
+    assert report.shuffled_miou < 0.4 * report.end_to_end_miou  # measured: 0.174 vs 0.621
+
+
+def test_the_shipped_models_are_small_and_in_their_real_formats():
+    files = [path for path in DEFAULT_MODEL_DIR.rglob("*") if path.is_file()]
+    assert sum(path.stat().st_size for path in files) < 16 * 2**20
+    assert not [path for path in files if path.suffix in (".pt", ".pth", ".ckpt", ".bin", ".pkl")]
+    for folder in ("blip", "stable-diffusion/unet", "stable-diffusion/vae", "controlnet"):
+        assert list((DEFAULT_MODEL_DIR / folder).glob("*.safetensors")), folder
+    recorded = json.loads((DEFAULT_MODEL_DIR / TRAINING_REPORT).read_text(encoding="utf-8"))
+    assert recorded["stages"]["controlnet"]["steps"] == model_config().train.max_steps
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every weight file under ``folder``, by relative path."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*.safetensors"))}
+
+
+def test_the_training_command_is_deterministic(tmp_path):
+    """The same seed gives the same bits, so re-running the shipped recipe gives the shipped
+    models (a short recipe here; docs/quickstart.md records the full re-run)."""
+    recipe = Recipe(train_images=24, segmenter=Stage(3, 4, 1e-3), captioner=Stage(3, 4, 1e-3),
+                    autoencoder=Stage(3, 4, 1e-3), text_to_image=Stage(3, 4, 1e-3), controlnet_steps=2)
+    runs = []
+    for name in ("first", "second"):
+        train_all(tmp_path / name, tmp_path / f"{name}_work", seed=3, recipe=recipe)
+        runs.append(digests(tmp_path / name))
+    assert len(runs[0]) >= 6  # segmenter, BLIP, VAE, text encoder, UNet, ControlNet (+ UNet half)
+    assert runs[0] == runs[1]
+    other = tmp_path / "other_seed"
+    train_all(other, tmp_path / "other_work", seed=4, recipe=recipe)
+    assert digests(other)["segmentation.safetensors"] != runs[0]["segmentation.safetensors"]
+
+    # run again: finished stages are skipped; a changed ControlNet setting retrains only it
+    first = tmp_path / "first"
+    stamps = {path: path.stat().st_mtime_ns for path in first.rglob("*.safetensors")}
+    train_all(first, tmp_path / "first_work", seed=3, recipe=recipe)
+    assert {path: path.stat().st_mtime_ns for path in first.rglob("*.safetensors")} == stamps
+    longer = Recipe(**{**recipe.__dict__, "controlnet_steps": 3})
+    report = train_all(first, tmp_path / "first_work", seed=3, recipe=longer)
+    changed = {str(p.relative_to(first)) for p, stamp in stamps.items() if p.stat().st_mtime_ns != stamp}
+    assert changed == {"controlnet/diffusion_pytorch_model.safetensors", "controlnet/unet_trainable.safetensors"}
+    assert report["stages"]["controlnet"]["steps"] == 3
+
+
+def test_the_demo_writes_its_report(tmp_path, one_cpu_thread):
+    from models.demo import main
+
+    output = tmp_path / "report"
+    assert main(["--output_dir", str(output), "--num_images", "3", "--codecs", "jpeg", "webp"]) == 0
+    for name in ("grid.png", "rate_distortion.png", "metrics.md", "report.md"):
+        assert (output / name).is_file(), name
+    sems = sorted((output / "semantic").rglob("*.sem"))
+    assert len(sems) == 3
+    for sem in sems:
+        decoded = output / "reconstructions" / sem.relative_to(output / "semantic").with_suffix(".png")
+        assert Image.open(decoded).size == (64, 64)
+    with open(output / "baselines" / "results.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["codec"] for row in rows} == {"jpeg", "webp"}
+    table = (output / "metrics.md").read_text(encoding="utf-8")
+    assert "| ours |" in table and "| jpeg |" in table
+    bpp = json.loads((output / "evaluation" / "summary.json").read_text(encoding="utf-8"))
+    ours = next(run for run in bpp["runs"] if run["method"] == "ours")["metrics"]
+    sizes = [sem.stat().st_size for sem in sems]
+    assert ours["bpp"] == pytest.approx(np.mean([8 * s / 64**2 for s in sizes]), rel=1e-6)
+    # a second run into the same report folder replaces it; a foreign folder is refused
+    assert main(["--output_dir", str(output), "--num_images", "2", "--codecs", "jpeg"]) == 0
+    assert len(list((output / "semantic").rglob("*.sem"))) == 2
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    assert main(["--output_dir", str(foreign)]) == 2
+    assert (foreign / "keep.txt").read_text() == "mine"
+
+
+def test_the_demo_runs_any_config_on_your_images(tmp_path, tiny_config, one_cpu_thread):
+    """--config_path and --input_dir run the same chain on other models and photos (here the
+    tiny random components on three VOC photos: the code path of the real system)."""
+    import shutil
+
+    from models.demo import main
+    from tests.conftest import VOC_IMAGES
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted(VOC_IMAGES.glob("*.jpg"))[:3]:
+        shutil.copyfile(path, photos / path.name)
+    before = {path.name: path.read_bytes() for path in photos.iterdir()}
+    output = tmp_path / "report"
+    assert main(["--output_dir", str(output), "--config_path", str(tiny_config), "--input_dir", str(photos),
+                 "--codecs", "jpeg", "--metrics", "psnr", "semantic"]) == 0
+    assert {path.name: path.read_bytes() for path in photos.iterdir()} == before  # inputs untouched
+    assert len(list((output / "reconstructions").rglob("*.png"))) == 3
+    assert (output / "grid.png").is_file() and "| jpeg |" in (output / "metrics.md").read_text()
+
+
+def test_the_demo_names_missing_weights_before_running(tmp_path, capsys):
+    from models.demo import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"segmentation:\n  checkpoint: {tmp_path / 'absent.pth'}\n"
+                      f"diffusion:\n  sd_model_path: {tmp_path / 'no-sd'}\n", encoding="utf-8")
+    assert main(["--output_dir", str(tmp_path / "report"), "--config_path", str(config),
+                 "--input_dir", str(photos)]) == 2
+    message = capsys.readouterr().err
+    assert "absent.pth" in message and "no-sd" in message
+    assert not (tmp_path / "report").exists()
