@@ -84,6 +84,19 @@ def adamw_cosine(parameters, learning_rate: float, steps: int, warmup: int = 50,
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedule, losses: list[float],
+                   clip_parameters: list[torch.nn.Parameter] | None = None) -> None:
+    """Backpropagate ``loss``, clip the gradient norm of ``clip_parameters`` to 1 when given, step
+    the optimizer and the learning-rate schedule, and append the loss to ``losses``."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_parameters is not None:
+        torch.nn.utils.clip_grad_norm_(clip_parameters, 1.0)
+    optimizer.step()
+    schedule.step()
+    losses.append(loss.item())
+
+
 def to_unit(images: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 to (N, 3, H, W) float in [0, 1]."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
@@ -125,11 +138,7 @@ def train_segmenter(model, data: ShapesSplit, steps: int, batch_size: int, learn
         target = torch.where(flip[:, None, None], target.flip(-1), target)
         logits = model(model.normalize(degrade(batch, generator)))  # (B, classes, H, W)
         loss = F.cross_entropy(logits, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+        optimizer_step(loss, optimizer, schedule, losses)
     model.eval()
     return losses
 
@@ -184,11 +193,7 @@ def train_captioner(model, processor, data: ShapesSplit, steps: int, batch_size:
         index = torch.from_numpy(index)
         loss = model(pixel_values=pixel_values[index], input_ids=input_ids[index],
                      attention_mask=tokens.attention_mask[index], labels=labels[index]).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+        optimizer_step(loss, optimizer, schedule, losses)
     model.eval()
     return losses
 
@@ -216,11 +221,7 @@ def train_autoencoder(vae, data: ShapesSplit, steps: int, batch_size: int, learn
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         loss = F.l1_loss(reconstruction, batch) + kl_weight * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+        optimizer_step(loss, optimizer, schedule, losses)
     vae.eval()
     latents = encode_latents(vae, data.images, scaled=False)[0]
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
@@ -269,12 +270,7 @@ def train_text_to_image(unet, text_encoder, tokenizer, scheduler, vae, data: Sha
         noisy = scheduler.add_noise(latents, noise, timesteps)
         prediction = unet(noisy, timesteps, encoder_hidden_states=text_encoder(ids)[0]).sample
         loss = F.mse_loss(prediction, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+        optimizer_step(loss, optimizer, schedule, losses, clip_parameters=parameters)
     unet.eval()
     text_encoder.eval()
     return losses
