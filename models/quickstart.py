@@ -329,22 +329,25 @@ def software_versions() -> dict:
 
 # --- the end-to-end quality check ---------------------------------------------------------------
 
-def model_config(model_dir: str | Path | None = None, config_path: str | Path = SHAPES_CONFIG) -> Config:
-    """``configs/shapes.yaml``, with every model path moved into ``model_dir`` when given."""
+def model_config(model_dir: str | Path | None = None, config_path: str | Path = SHAPES_CONFIG,
+                 extra_overrides: list[str] | None = None) -> Config:
+    """``configs/shapes.yaml``, with every model path moved into ``model_dir`` when given, then
+    ``extra_overrides`` ("section.key=value") applied."""
     overrides = []
     if model_dir is not None:
         model_dir = Path(model_dir).resolve()
         for key, name in (("segmentation.checkpoint", SEGMENTATION_FILE), ("captioning.model", BLIP_DIR),
                           ("diffusion.sd_model_path", SD_DIR), ("diffusion.controlnet_path", CONTROLNET_DIR)):
             overrides.append(f"{key}={json.dumps(str(model_dir / name))}")
-    return load_config(config_path, overrides)
+    return load_config(config_path, overrides + list(extra_overrides or []))
 
 
-def held_out_samples(count: int, seed: int = 0) -> list:
-    """``count`` shapes samples of the split that training never uses (``models.shapes``' seeds)."""
+def held_out_samples(count: int, seed: int = 0, split: str = HELD_OUT_SPLIT) -> list:
+    """The first ``count`` shapes samples of ``split`` (``models.shapes``' seeds): by default the
+    split that training never uses; ``val`` (train.py's validation images) is for choosing settings."""
     from models.shapes import SPLIT_IDS, make_sample
 
-    return [make_sample([seed, SPLIT_IDS[HELD_OUT_SPLIT], index], size=IMAGE_SIZE) for index in range(count)]
+    return [make_sample([seed, SPLIT_IDS[split], index], size=IMAGE_SIZE) for index in range(count)]
 
 
 def dataset_miou(label_maps: list[np.ndarray], predictions: list[np.ndarray], num_classes: int) -> float:
@@ -372,7 +375,7 @@ class QualityReport:
                 and self.shuffled_miou < 0.6 * self.end_to_end_miou)
 
 
-def quality_report(config: Config, count: int = 16, seed: int = 0) -> QualityReport:
+def quality_report(config: Config, count: int = 16, seed: int = 0, split: str = HELD_OUT_SPLIT) -> QualityReport:
     """Encode held-out images, send the codes through the ``.sem`` format, decode, re-segment."""
     from models.bitstream import decode_code, encode_code
     from models.decoder import ControlNetDecoder, image_seed
@@ -380,7 +383,7 @@ def quality_report(config: Config, count: int = 16, seed: int = 0) -> QualityRep
     from models.semantic_code import SemanticCode
 
     start = time.perf_counter()
-    samples = held_out_samples(count, seed)
+    samples = held_out_samples(count, seed, split)
     encoder = SemanticEncoder.from_config(config)
     codes = [decode_code(encode_code(code)) for code in encoder.encode([s.image for s in samples])]
     maps, classes = [code.label_map for code in codes], config.segmentation.num_classes
@@ -424,6 +427,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     evaluate.add_argument("--config_path", default=str(SHAPES_CONFIG), help="YAML config")
     evaluate.add_argument("--num_images", type=int, default=32, help="held-out images")
     evaluate.add_argument("--seed", type=int, default=0, help="data-set seed of the held-out split")
+    evaluate.add_argument("--split", default=HELD_OUT_SPLIT, choices=("val", HELD_OUT_SPLIT),
+                          help="shapes split: 'val' to choose settings, the held-out split to report")
+    evaluate.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                          help="config override, e.g. decode.guidance_scale=2 (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -434,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
                            config_path=args.config_path, fresh=args.fresh)
         print(f"trained in {report['total_seconds'] / 60:.1f} min; models in {args.output_dir}")
         return 0
-    report = quality_report(model_config(args.model_dir, args.config_path), args.num_images, args.seed)
+    config = model_config(args.model_dir, args.config_path, args.override)
+    report = quality_report(config, args.num_images, args.seed, args.split)
     for name, value in asdict(report).items():
         print(f"{name:>18}: {value:.4f}" if isinstance(value, float) else f"{name:>18}: {value}")
     print("meets the quickstart thresholds" if report.passes() else

@@ -160,3 +160,18 @@ def test_the_demo_names_missing_weights_before_running(tmp_path, capsys):
     message = capsys.readouterr().err
     assert "absent.pth" in message and "no-sd" in message
     assert not (tmp_path / "report").exists()
+
+
+def test_settings_are_chosen_on_the_validation_split_train_py_sees(tmp_path):
+    """``evaluate --split val`` draws the images of the data set's val split, not the held-out ones."""
+    from models.quickstart import IMAGE_SIZE, held_out_samples
+    from models.shapes import write_shapes_dataset
+    from models.small_models import read_split
+
+    write_shapes_dataset(tmp_path, {"val": 3}, size=IMAGE_SIZE, seed=0)
+    written = read_split(tmp_path, "val")
+    validation, held_out = held_out_samples(3, split="val"), held_out_samples(3)
+    assert [sample.caption for sample in validation] == written.captions
+    assert np.array_equal(np.stack([sample.image for sample in validation]), written.images)
+    assert np.array_equal(np.stack([sample.label_map for sample in validation]), written.label_maps)
+    assert not np.array_equal(np.stack([sample.image for sample in held_out]), written.images)
