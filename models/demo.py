@@ -281,12 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.input_dir is not None and _inside(Path(args.input_dir), output_dir):
             raise ValueError(f"--input_dir {args.input_dir} lies inside --output_dir {output_dir}, "
                              f"which the demo empties")
-    except (ValueError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
         clear_report_folder(output_dir)
-    except ValueError as error:
+    except (ValueError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     truth_captions = None

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from models.config import PROJECT_ROOT, Config, load_config
+from models.imageio import atomic_write_json
 
 SHAPES_CONFIG = PROJECT_ROOT / "configs" / "shapes.yaml"
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "checkpoints" / "shapes"
@@ -202,7 +203,7 @@ def train_controlnet(config_path: Path, sd_dir: Path, data_root: Path, run_dir: 
             shutil.copyfile(source, target / source.name)
     info = json.loads((exported / EXPORT_METADATA).read_text(encoding="utf-8"))
     info["sd_model_path"] = os.path.relpath(sd_dir, target)  # portable: the folder next to it
-    (target / EXPORT_METADATA).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(target / EXPORT_METADATA, info)
     return {"steps": info["global_step"]}
 
 
@@ -250,8 +251,6 @@ def finished_stage(work_dir: Path, output_dir: Path, name: str, settings: dict) 
 
 def record_stage(work_dir: Path, name: str, settings: dict, result: dict) -> None:
     """Note that ``name`` finished with ``settings`` (written after its outputs)."""
-    from models.imageio import atomic_write_json
-
     atomic_write_json(work_dir / "stages" / f"{name}.json", {"settings": settings, "result": result})
 
 
@@ -310,7 +309,7 @@ def train_all(output_dir: str | Path, work_dir: str | Path, seed: int = 0, threa
     report = {"seed": seed, "threads_per_process": threads, "worker_processes": workers,
               "recipe": asdict(recipe), "config": str(Path(config_path).name), "stages": results,
               "total_seconds": round(time.perf_counter() - start, 1), "software": software_versions()}
-    (output_dir / TRAINING_REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(output_dir / TRAINING_REPORT, report)
     return report
 
 
