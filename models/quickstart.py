@@ -68,6 +68,50 @@ class Recipe:
     autoencoder: Stage = field(default_factory=lambda: Stage(3000, 16, 2e-3))
     text_to_image: Stage = field(default_factory=lambda: Stage(2000, 32, 5e-4))
     controlnet_steps: int | None = None  # None: the config's train.max_steps (the shipped run)
+    unet_channels: tuple[int, int, int] = (32, 64, 64)  # UNet block widths
+    text_width: int = 64  # CLIP text encoder width (= the UNet's cross-attention width)
+
+
+def apply_recipe_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """``recipe`` with "key=value" settings applied, e.g. ``text_to_image.steps=8000`` or
+    ``unet_channels=[64,128,128]`` (values in YAML); unknown keys and wrong types raise ``ValueError``."""
+    import dataclasses
+
+    import yaml
+
+    values = asdict(recipe)
+    for override in overrides:
+        key, separator, text = override.partition("=")
+        *parents, name = key.strip().split(".")
+        target = values
+        for parent in parents:
+            target = target.get(parent) if isinstance(target, dict) else None
+        if not separator or not isinstance(target, dict) or name not in target or isinstance(target[name], dict):
+            raise ValueError(f"--recipe {override!r}: expected KEY=VALUE with KEY one of "
+                             f"{', '.join(recipe_keys(values))}")
+        value, current = yaml.safe_load(text), target[name]
+        expected = type(current) if current is not None else int
+        if isinstance(current, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
+            try:
+                value = float(value)  # YAML reads 1e-3 (no dot) as a string
+            except ValueError:
+                pass
+        if isinstance(current, tuple) and isinstance(value, list) and all(isinstance(v, int) for v in value):
+            value = tuple(value)
+        if not isinstance(value, expected) or isinstance(value, bool) or (
+                isinstance(value, (list, tuple)) and len(value) != len(current)):
+            raise ValueError(f"--recipe {override!r}: {key} takes a value like {current!r}")
+        target[name] = value
+    stages = {name: Stage(**values[name]) for name in ("segmenter", "captioner", "autoencoder", "text_to_image")}
+    return dataclasses.replace(recipe, **{**values, **stages})
+
+
+def recipe_keys(values: dict, prefix: str = "") -> list[str]:
+    """Every settable key of a recipe's ``asdict``, dotted."""
+    keys = []
+    for name, value in values.items():
+        keys += recipe_keys(value, f"{prefix}{name}.") if isinstance(value, dict) else [prefix + name]
+    return keys
 
 
 # Architectures: the real ones, narrow. Segmenter settings live in configs/shapes.yaml.
@@ -91,31 +135,46 @@ UNET_ARCHITECTURE = dict(  # SD1.5's block layout with two cross-attention level
 TEXT_ENCODER_ARCHITECTURE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                  num_attention_heads=4, max_position_embeddings=TOKENIZER_LENGTH,
                                  projection_dim=64)
+
+
+def unet_architecture(recipe: Recipe) -> dict:
+    """``UNET_ARCHITECTURE`` at the recipe's widths."""
+    return {**UNET_ARCHITECTURE, "block_out_channels": tuple(recipe.unet_channels),
+            "cross_attention_dim": recipe.text_width}
+
+
+def text_encoder_architecture(recipe: Recipe) -> dict:
+    """``TEXT_ENCODER_ARCHITECTURE`` at the recipe's width (feed-forward: twice the width)."""
+    return {**TEXT_ENCODER_ARCHITECTURE, "hidden_size": recipe.text_width,
+            "intermediate_size": 2 * recipe.text_width, "projection_dim": recipe.text_width}
+
+
 NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                       beta_schedule="scaled_linear")  # SD1.5's
 
 
 # --- training -------------------------------------------------------------------------------------
 
-def train_segmentation(config: Config, data, stage: Stage, seed: int, output_dir: Path) -> dict:
+def train_segmentation(config: Config, data, stage: Stage, seed: int, output_dir: Path, device: str = "cpu") -> dict:
     """DeepLabV3+ with the architecture of ``config.segmentation``, saved as float16 safetensors."""
     from models.segmentation import DeepLabV3Plus, save_checkpoint
     from models.small_models import train_segmenter
 
     torch.manual_seed(seed)
     model = DeepLabV3Plus.from_config(config.segmentation)
-    losses = train_segmenter(model, data, stage.steps, stage.batch_size, stage.learning_rate, seed)
+    losses = train_segmenter(model, data, stage.steps, stage.batch_size, stage.learning_rate, seed, device)
     save_checkpoint(copy.deepcopy(model).half(), config.segmentation, output_dir / SEGMENTATION_FILE)
     return {"final_loss": mean_tail(losses)}
 
 
-def train_blip(data, stage: Stage, seed: int, output_dir: Path) -> dict:
+def train_blip(data, stage: Stage, seed: int, output_dir: Path, device: str = "cpu") -> dict:
     """The BLIP captioner and its processor, saved with ``save_pretrained`` in float16."""
     from models.small_models import build_captioner, train_captioner
 
     torch.manual_seed(seed)
     model, processor = build_captioner(IMAGE_SIZE, output_dir / BLIP_DIR, BLIP_ARCHITECTURE)
-    losses = train_captioner(model, processor, data, stage.steps, stage.batch_size, stage.learning_rate, seed)
+    losses = train_captioner(model, processor, data, stage.steps, stage.batch_size, stage.learning_rate, seed,
+                             device)
     model.half().save_pretrained(output_dir / BLIP_DIR)
     processor.save_pretrained(output_dir / BLIP_DIR)
     return {"final_loss": mean_tail(losses)}
@@ -133,7 +192,8 @@ def build_tokenizer(folder: Path):
                          model_max_length=TOKENIZER_LENGTH)
 
 
-def train_stable_diffusion(data, recipe: Recipe, seed: int, output_dir: Path, work_dir: Path) -> dict:
+def train_stable_diffusion(data, recipe: Recipe, seed: int, output_dir: Path, work_dir: Path,
+                           device: str = "cpu") -> dict:
     """VAE first, then UNet and text encoder on its latents; one SD1.5-style diffusers folder."""
     from diffusers import (AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusionPipeline,
                            UNet2DConditionModel)
@@ -144,18 +204,19 @@ def train_stable_diffusion(data, recipe: Recipe, seed: int, output_dir: Path, wo
     torch.manual_seed(seed)
     vae = AutoencoderKL(**VAE_ARCHITECTURE)
     stage = recipe.autoencoder
-    vae_losses = train_autoencoder(vae, data, stage.steps, stage.batch_size, stage.learning_rate, seed)
+    vae_losses = train_autoencoder(vae, data, stage.steps, stage.batch_size, stage.learning_rate, seed,
+                                   device=device)
     vae = round_to_half(vae)  # the diffusion model learns the latents of the shipped weights
     tokenizer = build_tokenizer(work_dir / "tokenizer")
     vocab_size = len(tokenizer)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=vocab_size, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1, **TEXT_ENCODER_ARCHITECTURE))
-    unet = UNet2DConditionModel(**UNET_ARCHITECTURE)
+        pad_token_id=vocab_size - 1, **text_encoder_architecture(recipe)))
+    unet = UNet2DConditionModel(**unet_architecture(recipe))
     stage = recipe.text_to_image
     unet_losses = train_text_to_image(unet, text_encoder, tokenizer, DDPMScheduler(**NOISE_SCHEDULE), vae, data,
-                                      stage.steps, stage.batch_size, stage.learning_rate, seed)
+                                      stage.steps, stage.batch_size, stage.learning_rate, seed, device=device)
     scheduler = PNDMScheduler(**NOISE_SCHEDULE, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
     pipeline = StableDiffusionPipeline(
         vae=vae.half(), text_encoder=text_encoder.half(), tokenizer=tokenizer, unet=unet.half(),
@@ -171,7 +232,7 @@ def round_to_half(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def train_controlnet(config_path: Path, sd_dir: Path, data_root: Path, run_dir: Path, seed: int,
-                     threads: int, output_dir: Path, max_steps: int | None = None) -> dict:
+                     threads: int, output_dir: Path, max_steps: int | None = None, device: str = "cpu") -> dict:
     """``train.py`` on the frozen components (settings: the config's train section), run as a
     user runs it; then its export (ControlNet, trained UNet decoder half, metadata) copied with
     the weights stored in float16."""
@@ -183,7 +244,8 @@ def train_controlnet(config_path: Path, sd_dir: Path, data_root: Path, run_dir: 
 
     command = [sys.executable, str(PROJECT_ROOT / "train.py"), "--config_path", str(config_path),
                "--sd_model_path", str(sd_dir), "--data_root", str(data_root), "--output_dir", str(run_dir),
-               "--seed", str(seed), "--accelerator", "cpu", "--devices", "1", "--no_progress_bar",
+               "--seed", str(seed), "--accelerator", "gpu" if device == "cuda" else "cpu", "--devices", "1",
+               "--no_progress_bar",
                "--override", "diffusion.controlnet_path=null"]
     if max_steps is not None:
         command += ["--max_steps", str(max_steps)]
@@ -220,17 +282,18 @@ def _run_stage(name: str, threads: int, function, *arguments) -> tuple[str, dict
     return name, {**result, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def stage_settings(name: str, config: Config, recipe: Recipe, seed: int, threads: int) -> dict:
+def stage_settings(name: str, config: Config, recipe: Recipe, seed: int, threads: int, device: str = "cpu") -> dict:
     """Everything that decides the bits a stage writes (besides code and library versions)."""
-    common = {"seed": seed, "threads": threads, "train_images": recipe.train_images, "image_size": IMAGE_SIZE}
+    common = {"seed": seed, "threads": threads, "device": device, "train_images": recipe.train_images,
+              "image_size": IMAGE_SIZE}
     if name == "segmenter":
         return {**common, "stage": asdict(recipe.segmenter), "architecture": asdict(config.segmentation)}
     if name == "captioner":
         return {**common, "stage": asdict(recipe.captioner), "architecture": BLIP_ARCHITECTURE}
     if name == "stable_diffusion":
         return {**common, "autoencoder": asdict(recipe.autoencoder), "text_to_image": asdict(recipe.text_to_image),
-                "architecture": [VAE_ARCHITECTURE, UNET_ARCHITECTURE, TEXT_ENCODER_ARCHITECTURE, NOISE_SCHEDULE,
-                                 TOKENIZER_LENGTH]}
+                "architecture": [VAE_ARCHITECTURE, unet_architecture(recipe), text_encoder_architecture(recipe),
+                                 NOISE_SCHEDULE, TOKENIZER_LENGTH]}
     return {**common, "steps": recipe.controlnet_steps, "train": asdict(config.train),
             "diffusion": asdict(config.diffusion), "segmentation": asdict(config.segmentation)}
 
@@ -256,7 +319,7 @@ def record_stage(work_dir: Path, name: str, settings: dict, result: dict) -> Non
 
 def train_all(output_dir: str | Path, work_dir: str | Path, seed: int = 0, threads: int = 1,
               workers: int = 2, recipe: Recipe = Recipe(), config_path: str | Path = SHAPES_CONFIG,
-              fresh: bool = False) -> dict:
+              fresh: bool = False, device: str = "cpu") -> dict:
     """Generate the data, train every component, write ``training.json``; returns its content.
 
     Segmenter, captioner and the VAE + UNet chain are independent and run in ``workers``
@@ -264,6 +327,8 @@ def train_all(output_dir: str | Path, work_dir: str | Path, seed: int = 0, threa
     alone, with ``threads * workers`` threads. A stage that already finished into ``output_dir``
     with the same settings (recorded under ``work_dir/stages/``) is not run again, unless
     ``fresh``; the ControlNet's settings include the SD stage's, so it follows a retrained SD.
+    ``device`` "cuda" trains every stage (the ControlNet too) on the GPU, far faster than on the
+    CPU and with other float rounding, so other bits than a CPU run.
     """
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
@@ -280,10 +345,10 @@ def train_all(output_dir: str | Path, work_dir: str | Path, seed: int = 0, threa
     data_root = work_dir / "data"
     write_shapes_dataset(data_root, {"train": recipe.train_images, "val": 64}, size=IMAGE_SIZE, seed=seed)
     data = read_split(data_root, "train")
-    stages = [("stable_diffusion", train_stable_diffusion, data, recipe, seed, output_dir, work_dir),
-              ("segmenter", train_segmentation, config, data, recipe.segmenter, seed, output_dir),
-              ("captioner", train_blip, data, recipe.captioner, seed, output_dir)]
-    settings = {name: stage_settings(name, config, recipe, seed, threads) for name, *_ in stages}
+    stages = [("stable_diffusion", train_stable_diffusion, data, recipe, seed, output_dir, work_dir, device),
+              ("segmenter", train_segmentation, config, data, recipe.segmenter, seed, output_dir, device),
+              ("captioner", train_blip, data, recipe.captioner, seed, output_dir, device)]
+    settings = {name: stage_settings(name, config, recipe, seed, threads, device) for name, *_ in stages}
     results = {name: finished_stage(work_dir, output_dir, name, settings[name]) for name in settings}
     for name, result in results.items():
         if result is not None:
@@ -295,7 +360,7 @@ def train_all(output_dir: str | Path, work_dir: str | Path, seed: int = 0, threa
             name, result = future.result()
             record_stage(work_dir, name, settings[name], result)
             results[name] = result
-    settings["controlnet"] = {**stage_settings("controlnet", config, recipe, seed, threads * workers),
+    settings["controlnet"] = {**stage_settings("controlnet", config, recipe, seed, threads * workers, device),
                               "stable_diffusion": settings["stable_diffusion"]}
     results["controlnet"] = finished_stage(work_dir, output_dir, "controlnet", settings["controlnet"])
     if results["controlnet"] is None:
@@ -303,14 +368,19 @@ def train_all(output_dir: str | Path, work_dir: str | Path, seed: int = 0, threa
         controlnet_start = time.perf_counter()
         results["controlnet"] = train_controlnet(Path(config_path).resolve(), output_dir / SD_DIR, data_root,
                                                  work_dir / "controlnet_run", seed, threads * workers, output_dir,
-                                                 recipe.controlnet_steps)
+                                                 recipe.controlnet_steps, device)
         results["controlnet"]["seconds"] = round(time.perf_counter() - controlnet_start, 1)
         record_stage(work_dir, "controlnet", settings["controlnet"], results["controlnet"])
-    report = {"seed": seed, "threads_per_process": threads, "worker_processes": workers,
+    report = {"seed": seed, "device": device_name(device), "threads_per_process": threads, "worker_processes": workers,
               "recipe": asdict(recipe), "config": str(Path(config_path).name), "stages": results,
               "total_seconds": round(time.perf_counter() - start, 1), "software": software_versions()}
     atomic_write_json(output_dir / TRAINING_REPORT, report)
     return report
+
+
+def device_name(device: str) -> str:
+    """"cpu", or the GPU's name."""
+    return torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
 
 
 def software_versions() -> dict:
@@ -417,6 +487,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--threads", type=int, default=1,
                        help="torch threads per process (the float results depend on it)")
     train.add_argument("--workers", type=int, default=2, help="processes for the independent models")
+    train.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                       help="where every stage trains (a GPU: far faster, other bits than the CPU)")
+    train.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",
+                       help="change the recipe, e.g. text_to_image.steps=8000 (repeatable; default: the shipped one)")
     train.add_argument("--fresh", action="store_true",
                        help="train every stage again (default: skip stages already trained with the same settings)")
     evaluate = commands.add_parser("evaluate", help="end-to-end quality on held-out shapes images",
@@ -436,8 +510,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "train":
-        report = train_all(args.output_dir, args.work_dir, args.seed, args.threads, args.workers,
-                           config_path=args.config_path, fresh=args.fresh)
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda: CUDA is not available here; train with --device cpu")
+        recipe = apply_recipe_overrides(Recipe(), args.recipe)
+        report = train_all(args.output_dir, args.work_dir, args.seed, args.threads, args.workers, recipe,
+                           args.config_path, args.fresh, args.device)
         print(f"trained in {report['total_seconds'] / 60:.1f} min; models in {args.output_dir}")
         return 0
     config = model_config(args.model_dir, args.config_path, args.override)

@@ -18,6 +18,8 @@ The ControlNet is not trained here: ``train.py`` trains it on these frozen compo
 
 Every loop is seeded (``torch.manual_seed`` and one ``numpy`` generator for the data order and
 augmentation), so the same seed, library versions and CPU thread count give the same weights.
+Each loop takes a ``device`` (default the CPU; a GPU trains the same recipe far faster, with
+other float rounding) and returns the model on the CPU.
 """
 
 from __future__ import annotations
@@ -123,10 +125,11 @@ def degrade(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def train_segmenter(model, data: ShapesSplit, steps: int, batch_size: int, learning_rate: float,
-                    seed: int) -> list[float]:
+                    seed: int, device: str | torch.device = "cpu") -> list[float]:
     """Pixel-wise cross-entropy with flips, blur and noise; returns the loss of every step."""
     torch.manual_seed(seed)
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    model.to(device)
     optimizer, schedule = adamw_cosine(model.parameters(), learning_rate, steps)
     images, label_maps = to_unit(data.images), torch.from_numpy(data.label_maps).long()
     model.train()
@@ -136,10 +139,10 @@ def train_segmenter(model, data: ShapesSplit, steps: int, batch_size: int, learn
         flip = torch.from_numpy(rng.random(len(index)) < 0.5)
         batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
         target = torch.where(flip[:, None, None], target.flip(-1), target)
-        logits = model(model.normalize(degrade(batch, generator)))  # (B, classes, H, W)
-        loss = F.cross_entropy(logits, target)
+        logits = model(model.normalize(degrade(batch, generator).to(device)))  # (B, classes, H, W)
+        loss = F.cross_entropy(logits, target.to(device))
         optimizer_step(loss, optimizer, schedule, losses)
-    model.eval()
+    model.eval().cpu()
     return losses
 
 
@@ -177,10 +180,11 @@ def build_captioner(image_size: int, vocab_dir: Path, architecture: dict):
 
 
 def train_captioner(model, processor, data: ShapesSplit, steps: int, batch_size: int,
-                    learning_rate: float, seed: int) -> list[float]:
+                    learning_rate: float, seed: int, device: str | torch.device = "cpu") -> list[float]:
     """Teacher-forced captioning loss (the decoder's first token is BLIP's [DEC]); step losses."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    model.to(device)
     pixel_values = processor.image_processor(list(data.images), return_tensors="pt")["pixel_values"]
     tokens = processor.tokenizer(data.captions, padding="longest", return_tensors="pt")
     input_ids = tokens.input_ids.clone()
@@ -191,17 +195,18 @@ def train_captioner(model, processor, data: ShapesSplit, steps: int, batch_size:
     losses = []
     for _, index in zip(progress(steps, "captioner"), batches(len(input_ids), batch_size, steps, rng)):
         index = torch.from_numpy(index)
-        loss = model(pixel_values=pixel_values[index], input_ids=input_ids[index],
-                     attention_mask=tokens.attention_mask[index], labels=labels[index]).loss
+        loss = model(pixel_values=pixel_values[index].to(device), input_ids=input_ids[index].to(device),
+                     attention_mask=tokens.attention_mask[index].to(device), labels=labels[index].to(device)).loss
         optimizer_step(loss, optimizer, schedule, losses)
-    model.eval()
+    model.eval().cpu()
     return losses
 
 
 # --- AutoencoderKL ------------------------------------------------------------------------------
 
 def train_autoencoder(vae, data: ShapesSplit, steps: int, batch_size: int, learning_rate: float,
-                      seed: int, crop: int = 32, kl_weight: float = 1e-6) -> list[float]:
+                      seed: int, crop: int = 32, kl_weight: float = 1e-6,
+                      device: str | torch.device = "cpu") -> list[float]:
     """Reconstruction (L1 on [-1, 1] pixels) plus ``kl_weight`` x KL to N(0, 1); step losses.
 
     The VAE is convolutional, so it trains on random ``crop`` x ``crop`` crops (a quarter of the
@@ -212,33 +217,35 @@ def train_autoencoder(vae, data: ShapesSplit, steps: int, batch_size: int, learn
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     images = to_unit(data.images) * 2 - 1  # (N, 3, H, W) in [-1, 1]
+    vae.to(device)
     optimizer, schedule = adamw_cosine(vae.parameters(), learning_rate, steps, weight_decay=0.0)
     vae.train()
     losses = []
     for _, index in zip(progress(steps, "autoencoder"), batches(len(images), batch_size, steps, rng)):
         top, left = rng.integers(0, images.shape[-1] - crop + 1, size=2)
-        batch = images[index, :, top:top + crop, left:left + crop]  # (B, 3, crop, crop)
+        batch = images[index, :, top:top + crop, left:left + crop].to(device)  # (B, 3, crop, crop)
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         loss = F.l1_loss(reconstruction, batch) + kl_weight * posterior.kl().mean()
         optimizer_step(loss, optimizer, schedule, losses)
     vae.eval()
-    latents = encode_latents(vae, data.images, scaled=False)[0]
+    latents = encode_latents(vae, data.images, scaled=False, device=device)[0]
+    vae.cpu()
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     return losses
 
 
 @torch.no_grad()
-def encode_latents(vae, images: np.ndarray, scaled: bool = True,
-                   batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_latents(vae, images: np.ndarray, scaled: bool = True, batch_size: int = 64,
+                   device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior means and standard deviations (N, 4, h, w) of uint8 images, times the scaling
-    factor when ``scaled``."""
+    factor when ``scaled``; on the CPU, computed where ``vae`` is (``device``)."""
     means, stds = [], []
     for start in range(0, len(images), batch_size):
-        batch = to_unit(images[start:start + batch_size]) * 2 - 1
+        batch = (to_unit(images[start:start + batch_size]) * 2 - 1).to(device)
         posterior = vae.encode(batch).latent_dist
-        means.append(posterior.mean)
-        stds.append(posterior.std)
+        means.append(posterior.mean.cpu())
+        stds.append(posterior.std.cpu())
     factor = vae.config.scaling_factor if scaled else 1.0
     return torch.cat(means) * factor, torch.cat(stds) * factor
 
@@ -247,11 +254,16 @@ def encode_latents(vae, images: np.ndarray, scaled: bool = True,
 
 def train_text_to_image(unet, text_encoder, tokenizer, scheduler, vae, data: ShapesSplit, steps: int,
                         batch_size: int, learning_rate: float, seed: int,
-                        caption_dropout: float = 0.1) -> list[float]:
-    """Noise prediction on VAE latents, UNet and text encoder trained together; step losses."""
+                        caption_dropout: float = 0.1, device: str | torch.device = "cpu") -> list[float]:
+    """Noise prediction on VAE latents, UNet and text encoder trained together; step losses.
+
+    Every random draw comes from one CPU generator, so the data the networks see is the same
+    on every device."""
     torch.manual_seed(seed)
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     means, stds = encode_latents(vae, data.images)  # (N, 4, h, w) each, scaled
+    unet.to(device)
+    text_encoder.to(device)
     tokens = tokenizer(list(data.captions) + [""], padding="max_length",
                        max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     empty = tokens[-1]
@@ -268,9 +280,10 @@ def train_text_to_image(unet, text_encoder, tokenizer, scheduler, vae, data: Sha
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(index),), generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        prediction = unet(noisy, timesteps, encoder_hidden_states=text_encoder(ids)[0]).sample
-        loss = F.mse_loss(prediction, noise)
+        prediction = unet(noisy.to(device), timesteps.to(device),
+                          encoder_hidden_states=text_encoder(ids.to(device))[0]).sample
+        loss = F.mse_loss(prediction, noise.to(device))
         optimizer_step(loss, optimizer, schedule, losses, clip_parameters=parameters)
-    unet.eval()
-    text_encoder.eval()
+    unet.eval().cpu()
+    text_encoder.eval().cpu()
     return losses

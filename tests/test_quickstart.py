@@ -93,6 +93,7 @@ def test_the_training_command_is_deterministic(tmp_path):
     changed = {str(p.relative_to(first)) for p, stamp in stamps.items() if p.stat().st_mtime_ns != stamp}
     assert changed == {"controlnet/diffusion_pytorch_model.safetensors", "controlnet/unet_trainable.safetensors"}
     assert report["stages"]["controlnet"]["steps"] == 3
+    assert report["device"] == "cpu"
 
 
 def test_the_demo_writes_its_report(tmp_path, one_cpu_thread):
@@ -175,3 +176,34 @@ def test_settings_are_chosen_on_the_validation_split_train_py_sees(tmp_path):
     assert np.array_equal(np.stack([sample.image for sample in validation]), written.images)
     assert np.array_equal(np.stack([sample.label_map for sample in validation]), written.label_maps)
     assert not np.array_equal(np.stack([sample.image for sample in held_out]), written.images)
+
+
+def test_the_recipe_is_changed_from_the_command_line():
+    """``train --recipe KEY=VALUE`` changes one setting and keeps the shipped rest; a wrong key
+    or value is refused with the list of keys or the expected kind of value."""
+    from models.quickstart import apply_recipe_overrides, text_encoder_architecture, unet_architecture
+
+    recipe = apply_recipe_overrides(Recipe(), ["text_to_image.steps=8000", "text_to_image.learning_rate=1e-3",
+                                               "unet_channels=[48, 96, 96]", "text_width=96",
+                                               "controlnet_steps=3000"])
+    assert recipe.text_to_image == Stage(8000, 32, 1e-3)
+    assert (recipe.segmenter, recipe.captioner, recipe.autoencoder) == (Recipe().segmenter, Recipe().captioner,
+                                                                         Recipe().autoencoder)
+    assert recipe.controlnet_steps == 3000
+    assert unet_architecture(recipe)["block_out_channels"] == (48, 96, 96)
+    assert unet_architecture(recipe)["cross_attention_dim"] == text_encoder_architecture(recipe)["hidden_size"] == 96
+    assert apply_recipe_overrides(Recipe(), []) == Recipe()
+    for bad, message in [("text_to_image.stpes=10", "text_to_image.steps"), ("segmenter=3", "KEY one of"),
+                         ("text_to_image.steps=1.5", "takes a value like 2000"),
+                         ("unet_channels=[32, 64]", "takes a value like (32, 64, 64)"), ("train_images", "KEY=VALUE")]:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            apply_recipe_overrides(Recipe(), [bad])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message without CUDA")
+def test_training_on_a_gpu_without_one_says_so(tmp_path):
+    from models.quickstart import main
+
+    with pytest.raises(SystemExit, match="CUDA is not available"):
+        main(["train", "--device", "cuda", "--output_dir", str(tmp_path / "m"), "--work_dir", str(tmp_path / "w")])
+    assert not (tmp_path / "w").exists()
