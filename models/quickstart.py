@@ -126,19 +126,19 @@ VAE_ARCHITECTURE = dict(  # three blocks: latents at 1/4 resolution (SD1.5's VAE
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
     layers_per_block=1, norm_num_groups=16, sample_size=IMAGE_SIZE,
 )
+# The UNet's and text encoder's widths are in the recipe (``unet_channels``, ``text_width``).
 UNET_ARCHITECTURE = dict(  # SD1.5's block layout with two cross-attention levels instead of three
     sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
-    block_out_channels=(32, 64, 64), down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     attention_head_dim=8, norm_num_groups=16,
 )
-TEXT_ENCODER_ARCHITECTURE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, max_position_embeddings=TOKENIZER_LENGTH,
-                                 projection_dim=64)
+TEXT_ENCODER_ARCHITECTURE = dict(num_hidden_layers=2, num_attention_heads=4,
+                                 max_position_embeddings=TOKENIZER_LENGTH)
 
 
 def unet_architecture(recipe: Recipe) -> dict:
-    """``UNET_ARCHITECTURE`` at the recipe's widths."""
+    """``UNET_ARCHITECTURE`` at the recipe's widths (cross-attention: the text encoder's width)."""
     return {**UNET_ARCHITECTURE, "block_out_channels": tuple(recipe.unet_channels),
             "cross_attention_dim": recipe.text_width}
 
