@@ -228,12 +228,22 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     """Apply "section.key=value" strings; the value is parsed as YAML ("8", "null", "[1, 2]")."""
     for override in overrides:
         name, sep, text = override.partition("=")
-        section_name, dot, key = name.strip().partition(".")
-        if not sep or not dot:
+        if not sep or name.count(".") != 1:
             raise ConfigError(f"override {override!r} must look like section.key=value")
-        section = _section(config, section_name, "override")
-        _set_field(section, section_name, key, yaml.safe_load(text) if text.strip() else None, "override")
+        set_dotted(config, name, text, "override")
     return config
+
+
+def set_dotted(target: Any, key: str, text: str, source: str) -> None:
+    """Set the field ``key`` of the dataclass ``target`` ("name", "section.name", deeper through
+    nested dataclasses) to ``text`` read as YAML; a wrong key or kind of value raises ConfigError
+    whose message starts with ``source``."""
+    *parents, name = key.strip().split(".")
+    path = []
+    for parent in parents:
+        target = _section(target, parent, source, ".".join(path + [parent]))
+        path.append(parent)
+    _set_field(target, ".".join(path), name, yaml.safe_load(text) if text.strip() else None, source)
 
 
 def resolve_paths(config: Config, base_dir: Path) -> None:
@@ -263,25 +273,26 @@ def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
 
 
-def _section(config: Config, name: str, source: str) -> Any:
-    names = [f.name for f in dataclasses.fields(config)]
+def _section(parent: Any, name: str, source: str, qualified: str | None = None) -> Any:
+    names = [f.name for f in dataclasses.fields(parent) if dataclasses.is_dataclass(getattr(parent, f.name))]
     if name not in names:
-        raise ConfigError(f"{source}: unknown section {name!r}{_suggest(name, names)}")
-    return getattr(config, name)
+        raise ConfigError(f"{source}: unknown section {qualified or name!r}{_suggest(name, names)}")
+    return getattr(parent, name)
 
 
 def _set_field(section: Any, section_name: str, key: str, value: Any, source: str) -> None:
     hints = typing.get_type_hints(type(section))
+    qualified = f"{section_name}.{key}" if section_name else key
     if key not in hints:
-        raise ConfigError(f"{source}: unknown key '{section_name}.{key}'{_suggest(key, list(hints))}")
+        raise ConfigError(f"{source}: unknown key '{qualified}'{_suggest(key, list(hints))}")
     value = _yaml_float(value, hints[key])
     if not _matches(value, hints[key]):
-        raise ConfigError(
-            f"{source}: '{section_name}.{key}' must be {_describe(hints[key])}, got {value!r}"
-        )
+        raise ConfigError(f"{source}: '{qualified}' must be {_describe(hints[key])}, got {value!r}")
+    if typing.get_origin(hints[key]) is tuple:
+        value = tuple(value)
     choices = {f.name: f for f in dataclasses.fields(section)}[key].metadata.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(f"{source}: '{section_name}.{key}' must be one of {list(choices)}, got {value!r}")
+        raise ConfigError(f"{source}: '{qualified}' must be one of {list(choices)}, got {value!r}")
     if isinstance(value, int) and not isinstance(value, bool) and _describe(hints[key]) == "float":
         value = float(value)
     setattr(section, key, value)
@@ -303,6 +314,10 @@ def _matches(value: Any, hint: Any) -> bool:
         return any(_matches(value, option) for option in typing.get_args(hint))
     if hint is type(None):
         return value is None
+    if origin is tuple and typing.get_args(hint) and typing.get_args(hint)[-1] is not Ellipsis:
+        items = typing.get_args(hint)  # a fixed length: tuple[int, int, int]
+        return (isinstance(value, (list, tuple)) and len(value) == len(items)
+                and all(_matches(v, item) for v, item in zip(value, items)))
     if origin in (list, tuple):
         (item_hint, *_) = typing.get_args(hint) or (Any,)
         return isinstance(value, (list, tuple)) and all(_matches(v, item_hint) for v in value)
@@ -322,6 +337,8 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(option) for option in typing.get_args(hint))
     if hint is type(None):
         return "null"
+    if typing.get_origin(hint) is not None:
+        return str(hint)  # list[int], tuple[int, int, int]
     return getattr(hint, "__name__", str(hint))
 
 

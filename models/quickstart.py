@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.config import PROJECT_ROOT, Config, load_config
+from models.config import PROJECT_ROOT, Config, ConfigError, load_config, set_dotted
 from models.imageio import atomic_write_json
 
 SHAPES_CONFIG = PROJECT_ROOT / "configs" / "shapes.yaml"
@@ -73,37 +73,17 @@ class Recipe:
 
 
 def apply_recipe_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
-    """``recipe`` with "key=value" settings applied, e.g. ``text_to_image.steps=8000`` or
-    ``unet_channels=[64,128,128]`` (values in YAML); unknown keys and wrong types raise ``ValueError``."""
-    import dataclasses
-
-    import yaml
-
-    values = asdict(recipe)
+    """A copy of ``recipe`` with "key=value" settings applied, e.g. ``text_to_image.steps=8000`` or
+    ``unet_channels=[64,128,128]`` (values in YAML, checked against the field types as config
+    overrides are); unknown keys and wrong values raise ``ConfigError``."""
+    recipe = copy.deepcopy(recipe)
     for override in overrides:
         key, separator, text = override.partition("=")
-        *parents, name = key.strip().split(".")
-        target = values
-        for parent in parents:
-            target = target.get(parent) if isinstance(target, dict) else None
-        if not separator or not isinstance(target, dict) or name not in target or isinstance(target[name], dict):
-            raise ValueError(f"--recipe {override!r}: expected KEY=VALUE with KEY one of "
-                             f"{', '.join(recipe_keys(values))}")
-        value, current = yaml.safe_load(text), target[name]
-        expected = type(current) if current is not None else int
-        if isinstance(current, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
-            try:
-                value = float(value)  # YAML reads 1e-3 (no dot) as a string
-            except ValueError:
-                pass
-        if isinstance(current, tuple) and isinstance(value, list) and all(isinstance(v, int) for v in value):
-            value = tuple(value)
-        if not isinstance(value, expected) or isinstance(value, bool) or (
-                isinstance(value, (list, tuple)) and len(value) != len(current)):
-            raise ValueError(f"--recipe {override!r}: {key} takes a value like {current!r}")
-        target[name] = value
-    stages = {name: Stage(**values[name]) for name in ("segmenter", "captioner", "autoencoder", "text_to_image")}
-    return dataclasses.replace(recipe, **{**values, **stages})
+        if not separator:
+            raise ConfigError(f"--recipe {override!r}: expected KEY=VALUE with KEY one of "
+                              f"{', '.join(recipe_keys(asdict(recipe)))}")
+        set_dotted(recipe, key, text, f"--recipe {override!r}")
+    return recipe
 
 
 def recipe_keys(values: dict, prefix: str = "") -> list[str]:
@@ -512,12 +492,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         if args.device == "cuda" and not torch.cuda.is_available():
             raise SystemExit("--device cuda: CUDA is not available here; train with --device cpu")
-        recipe = apply_recipe_overrides(Recipe(), args.recipe)
+        try:
+            recipe = apply_recipe_overrides(Recipe(), args.recipe)
+        except ConfigError as error:
+            raise SystemExit(f"quickstart train: {error}") from None
         report = train_all(args.output_dir, args.work_dir, args.seed, args.threads, args.workers, recipe,
                            args.config_path, args.fresh, args.device)
         print(f"trained in {report['total_seconds'] / 60:.1f} min; models in {args.output_dir}")
         return 0
-    config = model_config(args.model_dir, args.config_path, args.override)
+    try:
+        config = model_config(args.model_dir, args.config_path, args.override)
+    except ConfigError as error:
+        raise SystemExit(f"quickstart evaluate: {error}") from None
     report = quality_report(config, args.num_images, args.seed, args.split)
     for name, value in asdict(report).items():
         print(f"{name:>18}: {value:.4f}" if isinstance(value, float) else f"{name:>18}: {value}")
