@@ -59,6 +59,7 @@ from models.controlnet_io import ControlSpec  # noqa: E402
 from models.decoder import PRECISIONS, ControlNetDecoder, SamplerSettings, SpeedOptions  # noqa: E402
 from models.diffusion import SDComponents  # noqa: E402
 from models.imageio import atomic_write_json  # noqa: E402
+from models.runtime import library_versions  # noqa: E402
 from models.semantic_code import SemanticCode  # noqa: E402
 
 SECTIONS = ("floor", "decode", "train", "encode", "compile")
@@ -509,18 +510,9 @@ SECTION_FUNCTIONS = {"floor": section_floor, "decode": section_decode, "train": 
 
 def metadata(bench: Bench, argv: list[str]) -> dict:
     """Card, software versions, date, command and settings of this run."""
-    import pytorch_lightning
-    import transformers
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-                "transformers": transformers.__version__, "pytorch_lightning": pytorch_lightning.__version__,
+    versions = {**library_versions("torch", "diffusers", "transformers", "pytorch_lightning",
+                                   "segmentation_models_pytorch"),
                 "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
-    try:
-        import segmentation_models_pytorch
-
-        versions["segmentation_models_pytorch"] = segmentation_models_pytorch.__version__
-    except ImportError:
-        versions["segmentation_models_pytorch"] = None
     if bench.device.type == "cuda":
         properties = torch.cuda.get_device_properties(bench.device)
         card = f"{properties.name}, {properties.total_memory / 2**30:.0f} GiB"

@@ -26,9 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import diffusers
 import pytorch_lightning as pl
-import torch
 from PIL import Image
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
@@ -39,7 +37,7 @@ from models.decoder import PRECISIONS, ControlNetDecoder, check_label_map, form_
 from models.imageio import (DEFAULT_MAX_PIXELS, atomic_save_image, atomic_write_json, is_image_name, read_json,
                             walk_files)
 from models.palettes import label_map_from_pil
-from models.runtime import DeviceSpec, gather_objects, prediction_trainer, print_job_report
+from models.runtime import DeviceSpec, gather_objects, library_versions, prediction_trainer, print_job_report
 from models.semantic_code import SemanticCode
 
 MANIFEST_FILE = "manifest.json"
@@ -287,7 +285,7 @@ def prepare_output(output_dir: Path, settings: dict, skip_existing: bool, is_ran
 
 def write_manifest(output_dir: Path, settings: dict, images: dict[str, dict]) -> None:
     """Write manifest.json atomically and delete the partial records it now contains."""
-    software = {"torch": torch.__version__, "diffusers": diffusers.__version__}
+    software = library_versions("torch", "diffusers", "transformers")
     atomic_write_json(output_dir / MANIFEST_FILE,
                       {"settings": settings, "images": dict(sorted(images.items())), "software": software})
     for partial in output_dir.glob(PARTIAL_PATTERN):

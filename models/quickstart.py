@@ -365,14 +365,9 @@ def device_name(device: str) -> str:
 
 def software_versions() -> dict:
     """Versions that decide the trained weights' bits (with the seed and the thread count)."""
-    import diffusers
-    import segmentation_models_pytorch
-    import timm
-    import transformers
+    from models.runtime import library_versions
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "timm": timm.__version__,
-            "segmentation_models_pytorch": segmentation_models_pytorch.__version__,
+    return {**library_versions("torch", "diffusers", "transformers", "timm", "segmentation_models_pytorch"),
             "processor": platform.processor() or platform.machine()}
 
 

@@ -9,7 +9,9 @@ Lightning starts one process per device by running the same script again.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import platform
 import sys
 from dataclasses import dataclass
 
@@ -125,3 +127,15 @@ def print_job_report(verb: str, processed: int, done: int, failures: dict[str, s
     print(f"{verb} {processed}, already done {done}, failed {len(failures)}, "
           f"ignored {len(ignored)} -> {output_dir}")
     return 1 if failures else 0
+
+
+def library_versions(*modules: str) -> dict[str, str | None]:
+    """Python's version and the ``__version__`` of each named module (None where it is not
+    installed): what run records (training.json, decode manifests, benchmark tables) note."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in modules:
+        try:
+            versions[name] = importlib.import_module(name).__version__
+        except ImportError:
+            versions[name] = None
+    return versions
