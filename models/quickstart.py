@@ -38,6 +38,7 @@ import torch
 
 from models.config import PROJECT_ROOT, Config, ConfigError, load_config, set_dotted
 from models.imageio import atomic_write_json
+from models.runtime import library_versions
 
 SHAPES_CONFIG = PROJECT_ROOT / "configs" / "shapes.yaml"
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "checkpoints" / "shapes"
@@ -365,8 +366,6 @@ def device_name(device: str) -> str:
 
 def software_versions() -> dict:
     """Versions that decide the trained weights' bits (with the seed and the thread count)."""
-    from models.runtime import library_versions
-
     return {**library_versions("torch", "diffusers", "transformers", "timm", "segmentation_models_pytorch"),
             "processor": platform.processor() or platform.machine()}
 

@@ -13,16 +13,15 @@ import csv
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from models.config import ConfigError
 from models.quickstart import (DEFAULT_MODEL_DIR, TRAINING_REPORT, Recipe, Stage, model_config,
                                quality_report, train_all)
-from models.config import ConfigError
 from tests.threads import one_cpu_thread  # noqa: F401  (fixture)
 
 MODEL_DIR = os.environ.get("QUICKSTART_MODEL_DIR")
@@ -197,12 +196,12 @@ def test_the_recipe_is_changed_from_the_command_line(tmp_path):
     assert unet_architecture(recipe)["cross_attention_dim"] == text_encoder_architecture(recipe)["hidden_size"] == 96
     assert apply_recipe_overrides(Recipe(), []) == Recipe()
     assert shipped == Recipe()  # changed in a copy
-    for bad, message in [("text_to_image.stpes=10", "did you mean 'steps'"), ("segmenter=3", "'segmenter' must be"),
-                         ("text_to_image.steps=1.5", "'text_to_image.steps' must be int, got 1.5"),
-                         ("unet_channels=[32, 64]", "'unet_channels' must be tuple[int, int, int]"),
-                         ("unet_channels=[32, 64, 6.5]", "must be tuple"), ("texture.steps=3", "unknown section"),
-                         ("train_images", "KEY=VALUE with KEY one of .*text_to_image.steps")]:
-        with pytest.raises(ConfigError, match=re.escape(message) if "*" not in message else message):
+    for bad, pattern in [("text_to_image.stpes=10", r"did you mean 'steps'"), ("segmenter=3", r"'segmenter' must be"),
+                         ("text_to_image.steps=1.5", r"'text_to_image.steps' must be int, got 1\.5"),
+                         ("unet_channels=[32, 64]", r"'unet_channels' must be tuple\[int, int, int\]"),
+                         ("unet_channels=[32, 64, 6.5]", r"must be tuple"), ("texture.steps=3", r"unknown section"),
+                         ("train_images", r"KEY=VALUE with KEY one of .*text_to_image\.steps")]:
+        with pytest.raises(ConfigError, match=pattern):
             apply_recipe_overrides(Recipe(), [bad])
     with pytest.raises(SystemExit, match="unknown key 'text_to_image.stpes'"):  # the command: a message, no traceback
         main(["train", "--recipe", "text_to_image.stpes=3", "--output_dir", str(tmp_path / "m"),
