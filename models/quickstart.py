@@ -67,7 +67,7 @@ class Recipe:
     segmenter: Stage = field(default_factory=lambda: Stage(3000, 16, 3e-3))
     captioner: Stage = field(default_factory=lambda: Stage(4000, 32, 2e-3))
     autoencoder: Stage = field(default_factory=lambda: Stage(3000, 16, 2e-3))
-    text_to_image: Stage = field(default_factory=lambda: Stage(4000, 32, 5e-4))
+    text_to_image: Stage = field(default_factory=lambda: Stage(8000, 32, 5e-4))
     controlnet_steps: int | None = None  # None: the config's train.max_steps (the shipped run)
     unet_channels: tuple[int, int, int] = (32, 64, 64)  # UNet block widths
     text_width: int = 64  # CLIP text encoder width (= the UNet's cross-attention width)
