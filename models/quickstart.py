@@ -30,7 +30,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -263,20 +263,27 @@ def _run_stage(name: str, threads: int, function, *arguments) -> tuple[str, dict
     return name, {**result, "seconds": round(time.perf_counter() - start, 1)}
 
 
+def without_paths(section) -> dict:
+    """A config section's settings less its path fields: the stages take their inputs from the
+    work and output folders, so where the config's files live changes no bit they write (and a
+    moved or freshly cloned repository still finds its finished stages)."""
+    return {item.name: getattr(section, item.name) for item in fields(section) if not item.metadata.get("path")}
+
+
 def stage_settings(name: str, config: Config, recipe: Recipe, seed: int, threads: int, device: str = "cpu") -> dict:
     """Everything that decides the bits a stage writes (besides code and library versions)."""
     common = {"seed": seed, "threads": threads, "device": device, "train_images": recipe.train_images,
               "image_size": IMAGE_SIZE}
     if name == "segmenter":
-        return {**common, "stage": asdict(recipe.segmenter), "architecture": asdict(config.segmentation)}
+        return {**common, "stage": asdict(recipe.segmenter), "architecture": without_paths(config.segmentation)}
     if name == "captioner":
         return {**common, "stage": asdict(recipe.captioner), "architecture": BLIP_ARCHITECTURE}
     if name == "stable_diffusion":
         return {**common, "autoencoder": asdict(recipe.autoencoder), "text_to_image": asdict(recipe.text_to_image),
                 "architecture": [VAE_ARCHITECTURE, unet_architecture(recipe), text_encoder_architecture(recipe),
                                  NOISE_SCHEDULE, TOKENIZER_LENGTH]}
-    return {**common, "steps": recipe.controlnet_steps, "train": asdict(config.train),
-            "diffusion": asdict(config.diffusion), "segmentation": asdict(config.segmentation)}
+    return {**common, "steps": recipe.controlnet_steps, "train": without_paths(config.train),
+            "diffusion": without_paths(config.diffusion), "segmentation": without_paths(config.segmentation)}
 
 
 STAGE_OUTPUTS = {"segmenter": SEGMENTATION_FILE, "captioner": f"{BLIP_DIR}/model.safetensors",

@@ -91,6 +91,17 @@ def test_the_training_command_is_deterministic(tmp_path):
     assert report["device"] == "cpu"
 
 
+def test_stage_settings_do_not_depend_on_where_the_files_live(tmp_path):
+    from models.quickstart import stage_settings
+
+    here, moved = model_config(), model_config(tmp_path)  # every model path moved into tmp_path
+    assert here.segmentation.checkpoint != moved.segmentation.checkpoint
+    for name in ("segmenter", "captioner", "stable_diffusion", "controlnet"):
+        assert stage_settings(name, here, Recipe(), 0, 1) == stage_settings(name, moved, Recipe(), 0, 1), name
+    wider = model_config(extra_overrides=["segmentation.aspp_channels=96"])
+    assert stage_settings("segmenter", wider, Recipe(), 0, 1) != stage_settings("segmenter", here, Recipe(), 0, 1)
+
+
 def test_the_demo_writes_its_report(tmp_path, one_cpu_thread):
     from models.demo import main
 
