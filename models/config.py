@@ -256,6 +256,12 @@ def resolve_paths(config: Config, base_dir: Path) -> None:
                 setattr(section, item.name, resolve_path(value, base_dir))
 
 
+def without_paths(section: Any) -> dict:
+    """A config section's settings as a dict, less its path fields (see ``path_field``)."""
+    return {item.name: getattr(section, item.name) for item in dataclasses.fields(section)
+            if not item.metadata.get("path")}
+
+
 def resolve_path(value: str, base_dir: Path | None = None) -> str:
     """A relative ``value`` found next to the config, in the working dir or the project root."""
     candidate = Path(value).expanduser()

@@ -30,13 +30,13 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.config import PROJECT_ROOT, Config, ConfigError, load_config, set_dotted
+from models.config import PROJECT_ROOT, Config, ConfigError, load_config, set_dotted, without_paths
 from models.imageio import atomic_write_json
 from models.runtime import library_versions
 
@@ -263,15 +263,10 @@ def _run_stage(name: str, threads: int, function, *arguments) -> tuple[str, dict
     return name, {**result, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def without_paths(section) -> dict:
-    """A config section's settings less its path fields: the stages take their inputs from the
-    work and output folders, so where the config's files live changes no bit they write (and a
-    moved or freshly cloned repository still finds its finished stages)."""
-    return {item.name: getattr(section, item.name) for item in fields(section) if not item.metadata.get("path")}
-
-
 def stage_settings(name: str, config: Config, recipe: Recipe, seed: int, threads: int, device: str = "cpu") -> dict:
-    """Everything that decides the bits a stage writes (besides code and library versions)."""
+    """Everything that decides the bits a stage writes (besides code and library versions). The
+    stages read their inputs from the work and output folders, so the config's paths are left out:
+    a moved or freshly cloned repository still finds its finished stages."""
     common = {"seed": seed, "threads": threads, "device": device, "train_images": recipe.train_images,
               "image_size": IMAGE_SIZE}
     if name == "segmenter":

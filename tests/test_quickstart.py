@@ -21,7 +21,7 @@ from PIL import Image
 
 from models.config import ConfigError
 from models.quickstart import (DEFAULT_MODEL_DIR, TRAINING_REPORT, Recipe, Stage, model_config,
-                               quality_report, train_all)
+                               quality_report, stage_settings, train_all)
 from tests.threads import one_cpu_thread  # noqa: F401  (fixture)
 
 MODEL_DIR = os.environ.get("QUICKSTART_MODEL_DIR")
@@ -92,8 +92,6 @@ def test_the_training_command_is_deterministic(tmp_path):
 
 
 def test_stage_settings_do_not_depend_on_where_the_files_live(tmp_path):
-    from models.quickstart import stage_settings
-
     here, moved = model_config(), model_config(tmp_path)  # every model path moved into tmp_path
     assert here.segmentation.checkpoint != moved.segmentation.checkpoint
     for name in ("segmenter", "captioner", "stable_diffusion", "controlnet"):
