@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from models.baselines import CODECS
-from models.compress_job import Target, check_settings, plan_compress, report, run_compress
+from models.baselines.codecs import CODECS
+from models.baselines.job import Target, check_settings, plan_compress, report, run_compress
 from models.imageio import DEFAULT_MAX_PIXELS, check_output_not_inside_input
 
 

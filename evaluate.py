@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 from models.config import ConfigError, DEFAULT_CONFIG_PATH, load_config
-from models.evaluation import (EvaluationInputs, MethodSpec, comparison_summary, evaluate_folder,
+from models.evaluation.job import (EvaluationInputs, MethodSpec, comparison_summary, evaluate_folder,
                                format_table, grid_rows, load_captions, load_sem_captions, parse_method,
                                rate_distortion_curves, run_folders, write_run)
 from models.imageio import atomic_write_json
-from models.metrics import METRIC_NAMES, MetricSuite
-from models.plots import plot_image_grid, plot_rate_distortion, plot_rate_distortion_panels
+from models.evaluation.metrics import METRIC_NAMES, MetricSuite
+from models.evaluation.plots import plot_image_grid, plot_rate_distortion, plot_rate_distortion_panels
 
 TABLE_METRICS = ("bpp", "psnr", "ssim", "ms_ssim", "lpips", "dists", "clip_score", "sem_miou",
                  "sem_pixel_accuracy", "fid", "kid", "fid_patch", "kid_patch")

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from models.bitstream import SEM_SUFFIX
 from models.config import DEFAULT_CONFIG_PATH, ConfigError, DecodeConfig, load_config
-from models.decode_job import (PROMPTS_FILE, Captions, SettingsMismatch, plan_decode, prepare_output,
+from models.decode.job import (PROMPTS_FILE, Captions, SettingsMismatch, plan_decode, prepare_output,
                                read_prompts, report, run_decode, run_settings)
-from models.decoder import SCHEDULERS, ControlNetDecoder
+from models.decode.decoder import SCHEDULERS, ControlNetDecoder
 from models.imageio import check_output_not_inside_input
 from models.runtime import add_device_arguments, is_global_zero, resolve_devices
 

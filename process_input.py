@@ -18,12 +18,12 @@ import sys
 from pathlib import Path
 
 from models.config import ConfigError, load_config
-from models.encode_job import (OUTPUT_FORMATS, PARTIAL_PATTERN, OutputSpec, add_encoder_arguments,
+from models.encode.job import (OUTPUT_FORMATS, PARTIAL_PATTERN, OutputSpec, add_encoder_arguments,
                                encoder_overrides, merge_captions,
                                plan_encode, report, run_encode)
 from models.imageio import check_output_not_inside_input
 from models.runtime import is_global_zero, resolve_devices
-from models.segmentation import CheckpointError
+from models.encode.segmentation import CheckpointError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

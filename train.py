@@ -86,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
-    from models.controlnet_module import check_train_config  # torch and diffusers: after --help
-    from models.data import DataError
-    from models.train_job import run_training
+    from models.train.controlnet_module import check_train_config  # torch and diffusers: after --help
+    from models.train.data import DataError
+    from models.train.run import run_training
 
     try:
         config = load_config(args.config_path, config_overrides(args))

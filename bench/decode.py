@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.controlnet_io import ControlSpec  # noqa: E402
-from models.decoder import ControlNetDecoder, SamplerSettings, SpeedOptions  # noqa: E402
-from models.diffusion import SDComponents, load_sd_components  # noqa: E402
+from models.decode.controlnet_loader import ControlSpec  # noqa: E402
+from models.decode.decoder import ControlNetDecoder, SamplerSettings, SpeedOptions  # noqa: E402
+from models.decode.stable_diffusion import SDComponents, load_sd_components  # noqa: E402
 from models.semantic_code import SemanticCode  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config_path", default=None, help="an existing tiny config.yaml (models.tiny)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precomputed_sampler", action="store_true",
-                        help="our loop with the sampler as precomputed weights (models.sampling)")
+                        help="our loop with the sampler as precomputed weights (models.decode.sampling)")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--steps", type=int, default=20, help="UniPC steps")
     parser.add_argument("--resolution", type=int, default=64)
@@ -51,7 +51,7 @@ def tiny_components(config_path: str | None) -> tuple[SDComponents, torch.nn.Mod
     from diffusers import ControlNetModel
 
     from models.config import load_config
-    from models.tiny import build_tiny_components
+    from models.tiny.components import build_tiny_components
 
     if config_path is None:
         config_path = build_tiny_components(tempfile.mkdtemp(prefix="bench-decode-"))

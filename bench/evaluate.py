@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.config import Config  # noqa: E402
-from models.evaluation import format_table  # noqa: E402
-from models.metrics import ImagePair, MetricSuite, write_random_weights  # noqa: E402
+from models.evaluation.job import format_table  # noqa: E402
+from models.evaluation.metrics import ImagePair, MetricSuite, write_random_weights  # noqa: E402
 
 METRICS = ("psnr", "ssim", "ms_ssim", "lpips", "dists", "fid", "kid", "clip_score", "semantic")
 SET_LEVEL = ("fid", "kid", "semantic")  # metrics with work once per set (FID: 2048x2048 matrices)
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def stand_in_config(folder: Path, metrics: list[str]) -> Config:
     """A config whose every weight file is a random stand-in under ``folder``."""
-    from models.segmentation import DeepLabV3Plus, save_checkpoint
+    from models.encode.segmentation import DeepLabV3Plus, save_checkpoint
 
     config = Config()
     config.evaluate.torch_hub_dir = str(folder / "hub")
@@ -65,7 +65,7 @@ def save_random_clip(folder: Path) -> Path:
     """A randomly initialised CLIP with ViT-L/14's shapes (the CLIP score's usual model)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    from models.tiny import write_clip_tokenizer_files
+    from models.tiny.components import write_clip_tokenizer_files
 
     vocab_size = write_clip_tokenizer_files(folder / "tokenizer")
     tokenizer = CLIPTokenizer(str(folder / "tokenizer" / "vocab.json"),

@@ -55,9 +55,9 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import train as bench_train  # noqa: E402
-from models.controlnet_io import ControlSpec  # noqa: E402
-from models.decoder import PRECISIONS, ControlNetDecoder, SamplerSettings, SpeedOptions  # noqa: E402
-from models.diffusion import SDComponents  # noqa: E402
+from models.decode.controlnet_loader import ControlSpec  # noqa: E402
+from models.decode.decoder import PRECISIONS, ControlNetDecoder, SamplerSettings, SpeedOptions  # noqa: E402
+from models.decode.stable_diffusion import SDComponents  # noqa: E402
 from models.imageio import atomic_write_json  # noqa: E402
 from models.runtime import library_versions  # noqa: E402
 from models.semantic_code import SemanticCode  # noqa: E402
@@ -124,7 +124,7 @@ class Bench:
     def tiny_config(self) -> Path:
         """The dry run's tiny components (models.tiny), built once in a temporary folder unless given."""
         if "tiny_config" not in self.cache:
-            from models.tiny import build_tiny_components
+            from models.tiny.components import build_tiny_components
 
             self.cache["tiny_config"] = build_tiny_components(tempfile.mkdtemp(prefix="bench-gpu-"))
         return self.cache["tiny_config"]
@@ -139,7 +139,7 @@ def decode_components(bench: Bench) -> tuple[SDComponents, torch.nn.Module]:
 
         if bench.dry_run:
             from models.config import load_config
-            from models.diffusion import load_sd_components
+            from models.decode.stable_diffusion import load_sd_components
 
             config = load_config(bench.tiny_config())
             components = load_sd_components(config.diffusion.sd_model_path)
@@ -280,7 +280,7 @@ def meta_models(bench: Bench):
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
     from models.config import load_config
-    from models.diffusion import SD15_CONFIG_DIR
+    from models.decode.stable_diffusion import SD15_CONFIG_DIR
 
     folder, controlnet_dir = SD15_CONFIG_DIR, None
     if bench.dry_run:
@@ -408,7 +408,7 @@ def section_train(bench: Bench) -> dict:
 
 def build_encoder(bench: Bench, precision: str):
     """DeepLabV3+ and the captioner: the tiny ones from their files, or real-sized random ones."""
-    from models.encoder import SemanticEncoder
+    from models.encode.encoder import SemanticEncoder
 
     dtype = PRECISIONS[precision]
     if bench.dry_run:
@@ -416,9 +416,9 @@ def build_encoder(bench: Bench, precision: str):
 
         encoder = SemanticEncoder.from_config(load_config(bench.tiny_config()), bench.device)
     else:
-        from models.captioning import BlipCaptioner
+        from models.encode.captioning import BlipCaptioner
         from models.config import CaptioningConfig
-        from models.segmentation import DeepLabV3Plus
+        from models.encode.segmentation import DeepLabV3Plus
 
         with torch.device(bench.device):
             segmenter = DeepLabV3Plus("resnet101", num_classes=21, output_stride=16)

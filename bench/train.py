@@ -29,7 +29,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from models.config import Config, apply_overrides  # noqa: E402
-from models.diffusion import SDComponents  # noqa: E402
+from models.decode.stable_diffusion import SDComponents  # noqa: E402
 
 VARIANTS = ("reference", "reference+checkpointing", "ours", "ours+checkpointing", "ours+channels_last")
 HALF = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -39,8 +39,8 @@ def tiny_components(seed: int) -> SDComponents:
     """The tiny components of ``models.tiny``, built in a temporary folder."""
     import tempfile
 
-    from models.diffusion import load_sd_components
-    from models.tiny import build_stable_diffusion
+    from models.decode.stable_diffusion import load_sd_components
+    from models.tiny.components import build_stable_diffusion
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as folder:
@@ -53,7 +53,7 @@ def sd15_random_components(seed: int, device: str) -> SDComponents:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from models.diffusion import SD15_CONFIG_DIR, sd15_config_folder
+    from models.decode.stable_diffusion import SD15_CONFIG_DIR, sd15_config_folder
 
     torch.manual_seed(seed)
     with sd15_config_folder() as folder, torch.device(device):
@@ -82,7 +82,7 @@ def reference_step_fn(components: SDComponents, args: argparse.Namespace, device
     """A diffusers-example training step; returns a closure that runs one step."""
     from diffusers import ControlNetModel
 
-    from models.controlnet_module import hint_channels  # the hint encoder must match the VAE factor
+    from models.train.controlnet_module import hint_channels  # the hint encoder must match the VAE factor
 
     controlnet = ControlNetModel.from_unet(components.unet, conditioning_embedding_out_channels=hint_channels(
         components.vae_scale_factor)).to(device).train()
@@ -122,7 +122,7 @@ def reference_step_fn(components: SDComponents, args: argparse.Namespace, device
 
 def ours_step_fn(components: SDComponents, args: argparse.Namespace, device: torch.device, variant: str):
     """Our module's training step, optimizer and clipping; returns a closure."""
-    from models.controlnet_module import ControlNetModule
+    from models.train.controlnet_module import ControlNetModule
 
     overrides = [f"diffusion.resolution={args.resolution}", "train.warmup_steps=0",
                  f'train.precision="{args.precision}"',

@@ -23,7 +23,7 @@ VOC_MASKS = DATA / "voc-samples" / "masks"
 @pytest.fixture(scope="session")
 def tiny_config(tmp_path_factory) -> Path:
     """Path of the config.yaml of freshly built tiny components (built once per session)."""
-    from models.tiny import build_tiny_components
+    from models.tiny.components import build_tiny_components
 
     return build_tiny_components(tmp_path_factory.mktemp("tiny"), seed=0)
 

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from models.config import load_config
 from tests.conftest import VOC_MASKS
-from models.original_format import controlnet_to_original, unet_to_original
+from models.tiny.original_layout import controlnet_to_original, unet_to_original
 
 CAPTIONS = ["a dog on the grass", "a person next to a car", "a cat sitting on a sofa",
             "two sheep in a field", "a boat on the water", "a bus in the street"]

@@ -8,7 +8,7 @@ from PIL import Image
 from skimage import data as skimage_data
 
 import compress_images
-from models.baselines import CODECS, compress_to_size, decode, encode, highest_fitting, scale_ladder
+from models.baselines.codecs import CODECS, compress_to_size, decode, encode, highest_fitting, scale_ladder
 from models.imageio import read_rgb
 from models.rate import bits_per_pixel
 from tests.conftest import VOC_IMAGES

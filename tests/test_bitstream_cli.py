@@ -12,7 +12,7 @@ from PIL import Image
 
 import process_input
 from models.bitstream import main, read_sem
-from models.encode_job import PROMPTS_FILE
+from models.encode.job import PROMPTS_FILE
 from models.rate import bits_per_pixel
 from tests.conftest import REPO, VOC_IMAGES, VOC_MASKS
 

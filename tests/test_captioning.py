@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.captioning import BlipCaptioner
+from models.encode.captioning import BlipCaptioner
 from models.config import load_config
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.control import conditioning_channels, control_tensor, resize_label_map
+from models.decode.control import conditioning_channels, control_tensor, resize_label_map
 from models.palettes import VOC_PALETTE, get_palette
 
 

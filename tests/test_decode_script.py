@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import process_decoding
-from models.decode_job import MANIFEST_FILE
+from models.decode.job import MANIFEST_FILE
 from tests.conftest import REPO, run_script
 from tests.decode_fixtures import label_maps, trained_controlnet  # noqa: F401
 
@@ -165,7 +165,7 @@ def test_unusable_folders_and_prompts_are_refused_before_any_work(
 
 def test_a_partial_record_file_vanishing_mid_read_is_read_again(tmp_path, monkeypatch):
     """Rank 0 folds partial records into the manifest while another process reads them."""
-    from models import decode_job
+    from models.decode import job as decode_job
 
     (tmp_path / ".manifest.rank0.jsonl").write_text(json.dumps({"output": "a.png", "seed": 1}) + "\n")
     original, calls = decode_job.Path.read_text, []

@@ -8,7 +8,7 @@ from PIL import Image
 
 import process_decoding
 from models.bitstream import read_sem, write_sem
-from models.decode_job import MANIFEST_FILE
+from models.decode.job import MANIFEST_FILE
 from models.palettes import label_map_from_pil
 from models.semantic_code import SemanticCode
 from tests.conftest import VOC_MASKS

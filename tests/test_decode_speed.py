@@ -12,9 +12,9 @@ from diffusers.models.attention_processor import AttnProcessor2_0, FusedAttnProc
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from models.config import ConfigError, apply_overrides, load_config
-from models.decoder import ControlNetDecoder, SpeedOptions, make_scheduler
-from models.diffusion import SD15_CONFIG_DIR
-from models.sampling import NonlinearSamplerError, combine, plan_sampler
+from models.decode.decoder import ControlNetDecoder, SpeedOptions, make_scheduler
+from models.decode.stable_diffusion import SD15_CONFIG_DIR
+from models.decode.sampling import NonlinearSamplerError, combine, plan_sampler
 from models.semantic_code import SemanticCode
 from tests.decode_fixtures import trained_controlnet  # noqa: F401
 from tests.threads import one_cpu_thread  # noqa: F401

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from models.config import load_config
-from models.diffusion import load_sd_components
+from models.decode.stable_diffusion import load_sd_components
 
 
 def test_components_load_from_a_diffusers_folder(tiny_config):

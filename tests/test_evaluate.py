@@ -14,12 +14,12 @@ from skimage import data as skimage_data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import evaluate
-from models.baselines import CODECS, encode
+from models.baselines.codecs import CODECS, encode
 from models.config import load_config
-from models.evaluation import align_to_truth
+from models.evaluation.job import align_to_truth
 from models.imageio import read_rgb
-from models.metrics import WEIGHT_FILES, write_random_weights
-from models.pairing import pair_by_stem
+from models.evaluation.metrics import WEIGHT_FILES, write_random_weights
+from models.layout import pair_by_stem
 from models.palettes import label_map_to_pil
 from models.rate import bits_per_pixel
 from tests.conftest import VOC_IMAGES
@@ -206,7 +206,7 @@ def test_two_methods_give_plots_grid_and_summaries_and_bad_files_are_listed(tmp_
 def test_semantic_consistency_and_clip_score_with_tiny_models(tiny_config, tmp_path):
     from transformers import CLIPModel, CLIPProcessor
 
-    from models.segmentation import load_segmenter
+    from models.encode.segmentation import load_segmenter
 
     config = load_config(tiny_config)
     images = small_photos((96, 72))
@@ -250,7 +250,7 @@ def test_semantic_consistency_and_clip_score_with_tiny_models(tiny_config, tmp_p
 
 
 def test_hific_patches_are_the_grid_plus_the_half_shifted_grid():
-    from models.metrics import hific_patches
+    from models.evaluation.metrics import hific_patches
 
     image = torch.arange(3 * 512 * 768).reshape(1, 3, 512, 768)  # a Kodak-sized image
     patches = hific_patches(image, 256)
@@ -265,7 +265,7 @@ def test_hific_patches_are_the_grid_plus_the_half_shifted_grid():
 def test_sem_files_give_the_label_maps_captions_and_rate(tiny_config, tmp_path):
     """What process_input writes (a .sem and a PNG per image): the .sem is what counts."""
     from models.bitstream import read_sem, write_sem
-    from models.segmentation import load_segmenter
+    from models.encode.segmentation import load_segmenter
     from models.semantic_code import SemanticCode
 
     config = load_config(tiny_config)
@@ -290,6 +290,6 @@ def test_sem_files_give_the_label_maps_captions_and_rate(tiny_config, tmp_path):
         assert float(row["sem_miou"]) == 1.0  # the .sem map, not the all-background PNG twin
         expected = bits_per_pixel((labels / f"{stem}.sem").stat().st_size, 96, 72)
         assert float(row["bpp"]) == pytest.approx(expected)
-    from models.evaluation import load_sem_captions
+    from models.evaluation.job import load_sem_captions
 
     assert load_sem_captions(labels) == {stem: read_sem(labels / f"{stem}.sem").caption for stem in images}

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 @pytest.fixture(scope="module")
 def trained_on_prepared_voc(one_cpu_thread, tiny_config, tmp_path_factory):  # noqa: F811
-    """VOC-style tree -> models.prepare_data (ground-truth maps) -> 3 training steps with EMA."""
+    """VOC-style tree -> models.train.prepare_data (ground-truth maps) -> 3 training steps with EMA."""
     root = tmp_path_factory.mktemp("pipeline")
     devkit = make_voc_tree(root, ["2007_000032", "2007_000039", "2007_000063", "2007_000068"],
                            ["2007_000783", "2007_001311"])

@@ -1,4 +1,4 @@
-"""python -m models.prepare_data: VOC 2012 trees and plain folders into the training layout."""
+"""python -m models.train.prepare_data: VOC 2012 trees and plain folders into the training layout."""
 
 import contextlib
 import errno
@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import process_input
-from models import prepare_data
+from models.train import prepare_data
 from models.palettes import VOC_PALETTE, VOID_LABEL
 from tests.conftest import REPO, VOC_IMAGES, VOC_MASKS
 
@@ -220,7 +220,7 @@ def test_missing_and_unreadable_files_are_listed_and_the_rest_prepared(tiny_conf
     Image.new("P", (7, 5)).save(voc / "SegmentationClass" / f"{bad_mask}.png")
     (voc / "SegmentationClass" / f"{no_mask}.png").unlink()
     result = subprocess.run(
-        [sys.executable, "-m", "models.prepare_data", "--voc_root", devkit, "--data_root",
+        [sys.executable, "-m", "models.train.prepare_data", "--voc_root", devkit, "--data_root",
          tmp_path / "data", "--config_path", tiny_config, "--val_fraction", "0", "--device", "cpu"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from models.config import ConfigError
-from models.quickstart import (DEFAULT_MODEL_DIR, TRAINING_REPORT, Recipe, Stage, model_config,
+from models.quickstart.recipe import (DEFAULT_MODEL_DIR, TRAINING_REPORT, Recipe, Stage, model_config,
                                quality_report, stage_settings, train_all)
 from tests.threads import one_cpu_thread  # noqa: F401  (fixture)
 
@@ -101,7 +101,7 @@ def test_stage_settings_do_not_depend_on_where_the_files_live(tmp_path):
 
 
 def test_the_demo_writes_its_report(tmp_path, one_cpu_thread):
-    from models.demo import main
+    from models.quickstart.demo import main
 
     output = tmp_path / "report"
     assert main(["--output_dir", str(output), "--num_images", "3", "--codecs", "jpeg", "webp"]) == 0
@@ -136,7 +136,7 @@ def test_the_demo_runs_any_config_on_your_images(tmp_path, tiny_config, one_cpu_
     tiny random components on three VOC photos: the code path of the real system)."""
     import shutil
 
-    from models.demo import main
+    from models.quickstart.demo import main
     from tests.conftest import VOC_IMAGES
 
     photos = tmp_path / "photos"
@@ -153,7 +153,7 @@ def test_the_demo_runs_any_config_on_your_images(tmp_path, tiny_config, one_cpu_
 
 
 def test_the_demo_names_missing_weights_before_running(tmp_path, capsys):
-    from models.demo import main
+    from models.quickstart.demo import main
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -169,9 +169,9 @@ def test_the_demo_names_missing_weights_before_running(tmp_path, capsys):
 
 def test_settings_are_chosen_on_the_validation_split_train_py_sees(tmp_path):
     """``evaluate --split val`` draws the images of the data set's val split, not the held-out ones."""
-    from models.quickstart import IMAGE_SIZE, held_out_samples
-    from models.shapes import write_shapes_dataset
-    from models.small_models import read_split
+    from models.quickstart.recipe import IMAGE_SIZE, held_out_samples
+    from models.quickstart.shapes import write_shapes_dataset
+    from models.quickstart.trainers import read_split
 
     write_shapes_dataset(tmp_path, {"val": 3}, size=IMAGE_SIZE, seed=0)
     written = read_split(tmp_path, "val")
@@ -185,7 +185,7 @@ def test_settings_are_chosen_on_the_validation_split_train_py_sees(tmp_path):
 def test_the_recipe_is_changed_from_the_command_line(tmp_path):
     """``train --recipe KEY=VALUE`` changes one setting and keeps the shipped rest; a wrong key
     or value is refused with the list of keys or the expected kind of value."""
-    from models.quickstart import apply_recipe_overrides, main, text_encoder_architecture, unet_architecture
+    from models.quickstart.recipe import apply_recipe_overrides, main, text_encoder_architecture, unet_architecture
 
     shipped = Recipe()
     recipe = apply_recipe_overrides(shipped, ["text_to_image.steps=8000", "text_to_image.learning_rate=1e-3",
@@ -214,7 +214,7 @@ def test_the_recipe_is_changed_from_the_command_line(tmp_path):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message without CUDA")
 def test_training_on_a_gpu_without_one_says_so(tmp_path):
-    from models.quickstart import main
+    from models.quickstart.recipe import main
 
     with pytest.raises(SystemExit, match="CUDA is not available"):
         main(["train", "--device", "cuda", "--output_dir", str(tmp_path / "m"), "--work_dir", str(tmp_path / "w")])

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from models.data import index_split, read_split_captions
-from models.shapes import (BACKGROUND_COLORS, CLASS_BACKGROUND, CLASS_COLORS, SHAPE_CLASS_IDS,
+from models.train.data import index_split, read_split_captions
+from models.quickstart.shapes import (BACKGROUND_COLORS, CLASS_BACKGROUND, CLASS_COLORS, SHAPE_CLASS_IDS,
                            SHAPE_COLORS, main, make_sample, write_shapes_dataset)
 
 

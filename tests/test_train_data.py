@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from models.config import Config
-from models.data import (DataError, DecoderDataModule, EndlessShardSampler, LabelMapDataset,
+from models.train.data import (DataError, DecoderDataModule, EndlessShardSampler, LabelMapDataset,
                          SampleOptions, index_split, resize_crop_flip)
 from models.palettes import colorize, label_map_to_pil
 
@@ -124,7 +124,7 @@ def test_no_training_data_is_a_clear_error(tmp_path):
 def test_the_data_module_gives_each_rank_its_shard_from_the_resume_point(tmp_path):
     from types import SimpleNamespace
 
-    from models.shapes import write_shapes_dataset
+    from models.quickstart.shapes import write_shapes_dataset
 
     write_shapes_dataset(tmp_path, {"train": 10, "val": 3}, size=16)
     config = Config()

@@ -7,9 +7,9 @@ from diffusers import ControlNetModel, DDPMScheduler
 from safetensors.torch import load_file
 
 from models.config import ConfigError, apply_overrides, load_config
-from models.controlnet_module import (ControlNetModule, check_train_config, export_checkpoint,
+from models.train.controlnet_module import (ControlNetModule, check_train_config, export_checkpoint,
                                       hint_channels, main)
-from models.diffusion import load_sd_components
+from models.decode.stable_diffusion import load_sd_components
 from tests.conftest import REPO
 from tests.threads import one_cpu_thread  # noqa: F401  (fixture)
 

@@ -9,8 +9,8 @@ from diffusers import ControlNetModel
 
 import train
 from models.config import load_config
-from models.diffusion import load_sd_components
-from models.shapes import write_shapes_dataset
+from models.decode.stable_diffusion import load_sd_components
+from models.quickstart.shapes import write_shapes_dataset
 from tests.threads import one_cpu_thread  # noqa: F401  (fixture)
 from tests.conftest import run_script
 

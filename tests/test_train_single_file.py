@@ -9,8 +9,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from models.config import load_config
-from models.diffusion import SD15_CONFIG_DIR, load_sd_components, sd15_config_folder
-from models.tiny import SINGLE_FILE_NAME
+from models.decode.stable_diffusion import SD15_CONFIG_DIR, load_sd_components, sd15_config_folder
+from models.tiny.components import SINGLE_FILE_NAME
 
 
 def test_a_tiny_original_layout_file_loads_to_the_same_weights(tiny_config):

@@ -1,6 +1,6 @@
 """The quickstart demo: the whole chain on images it has never seen, and a report folder.
 
-    python -m models.demo [--output_dir reports/quickstart]
+    python -m models.quickstart.demo [--output_dir reports/quickstart]
 
 With the default config (``configs/shapes.yaml``: the small models shipped in
 ``checkpoints/shapes/``) it generates held-out shapes images, then runs the five scripts as a
@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from models.config import Config, ConfigError, load_config
-from models.quickstart import HELD_OUT_SPLIT, SHAPES_CONFIG, held_out_samples
+from models.quickstart.recipe import HELD_OUT_SPLIT, SHAPES_CONFIG, held_out_samples
 
 CODECS = ("jpeg", "webp", "png", "avif", "jxl")
 METRICS = ("psnr", "ssim", "semantic")  # MS-SSIM needs sides > 160 px; LPIPS etc. need downloads
@@ -98,7 +98,7 @@ def clear_report_folder(output_dir: Path) -> None:
                              f"choose a new or empty folder")
         shutil.rmtree(output_dir)  # a report describes one run
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / MARKER).write_text("a report folder of python -m models.demo\n", encoding="utf-8")
+    (output_dir / MARKER).write_text("a report folder of python -m models.quickstart.demo\n", encoding="utf-8")
 
 
 def write_shapes_inputs(output_dir: Path, count: int, seed: int) -> dict[str, str]:
@@ -197,7 +197,7 @@ def draw_grid(output_dir: Path, originals: Path, rows: list[dict], codecs: list[
     """grid.png: original | transmitted label map | ours | each codec, one image per row."""
     from models.bitstream import read_sem
     from models.palettes import colorize
-    from models.plots import plot_image_grid
+    from models.evaluation.plots import plot_image_grid
 
     bpp = {row["method"]: row.get("bpp") for row in rows}
     titles = ["original", "label map (sent)"] + [
@@ -228,7 +228,7 @@ def encoder_accuracy(output_dir: Path, truth_captions: dict[str, str], num_class
     captions equal to the data set's."""
     from models.bitstream import read_sem
     from models.palettes import label_map_from_pil
-    from models.quickstart import dataset_miou
+    from models.quickstart.recipe import dataset_miou
 
     codes = {name: read_sem((output_dir / "semantic" / name).with_suffix(".sem")) for name in truth_captions}
     truths = [label_map_from_pil(Image.open(output_dir / "truth_maps" / name)) for name in codes]

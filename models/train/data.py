@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from models.config import Config
-from models.control import control_tensor, resize_label_map
+from models.decode.control import control_tensor, resize_label_map
 from models.imageio import ImageReadError, is_image_name, read_json, read_rgb, walk_files
 from models.palettes import label_map_from_pil
 from models.runtime import is_global_zero

@@ -25,10 +25,10 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from models.baselines import compress_to_size, decode, get_codec
+from models.baselines.codecs import compress_to_size, decode, get_codec
 from models.imageio import (ImageReadError, atomic_save_image, atomic_write_bytes,
                             atomic_write_json, is_image_name, read_json, read_rgb, walk_files)
-from models.pairing import StemIndex, bitstream_index, stem_key
+from models.layout import StemIndex, bitstream_index, stem_key
 from models.rate import bits_per_pixel
 
 RESULTS_FILE = "results.csv"

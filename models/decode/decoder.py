@@ -9,7 +9,7 @@ For the same seeds and settings it returns the stock pipeline's pixels
 (tests/test_decode_sampling.py checks this; bench/decode.py and bench/gpu.py time both).
 
 Speed options (``SpeedOptions``, from the ``decode`` config) change float rounding only: the
-sampler as precomputed weights (``models.sampling``: no per-step host synchronisation),
+sampler as precomputed weights (``models.decode.sampling``: no per-step host synchronisation),
 channels-last memory layout, fused attention projections and ``torch.compile``. Attention runs
 through PyTorch's scaled-dot-product kernels (diffusers' ``AttnProcessor2_0``, its default).
 """
@@ -29,12 +29,12 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from models.config import Config, ConfigError, DecodeConfig
-from models.control import control_tensor, resize_label_map
-from models.controlnet_io import (CheckpointFormatError, ControlNetSource, ControlSpec, check_checkpoint_path,
+from models.decode.control import control_tensor, resize_label_map
+from models.decode.controlnet_loader import (CheckpointFormatError, ControlNetSource, ControlSpec, check_checkpoint_path,
                                   load_controlnet, resolve_control_spec)
-from models.diffusion import SDComponents, load_sd_components
+from models.decode.stable_diffusion import SDComponents, load_sd_components
 from models.palettes import VOID_LABEL
-from models.sampling import SamplerPlan, combine, plan_sampler
+from models.decode.sampling import SamplerPlan, combine, plan_sampler
 from models.semantic_code import SemanticCode
 
 # Samplers by name: (class, settings on top of the base model's noise schedule).
@@ -77,7 +77,7 @@ class SamplerSettings:
 class SpeedOptions:
     """How the models run; each option changes float rounding at most (None: on CUDA only)."""
 
-    precomputed_sampler: bool | None = None  # models.sampling: one weighted sum per step, no host sync
+    precomputed_sampler: bool | None = None  # models.decode.sampling: one weighted sum per step, no host sync
     channels_last: bool | None = None  # NHWC weights and inputs for UNet, ControlNet and VAE
     fuse_qkv: bool = False  # diffusers' fused attention projections
     compile: bool = False  # torch.compile of UNet and ControlNet

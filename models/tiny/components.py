@@ -50,7 +50,7 @@ SINGLE_FILE_NAME = "stable-diffusion-single-file.safetensors"  # original SD1.x 
 
 def build_segmentation(output_dir: Path) -> Path:
     """A random DeepLabV3+ saved exactly as the original project's checkpoints are."""
-    from models.segmentation import DeepLabV3Plus
+    from models.encode.segmentation import DeepLabV3Plus
 
     model = DeepLabV3Plus.from_config(SEGMENTATION_TINY)
     for module in model.modules():  # non-trivial batch-norm statistics, as in a trained net
@@ -205,7 +205,7 @@ def build_single_file_checkpoint(sd_dir: Path, path: Path) -> Path:
     from safetensors.torch import save_file
     from transformers import CLIPTextModel
 
-    from models.original_format import to_original_layout
+    from models.tiny.original_layout import to_original_layout
 
     checkpoint = to_original_layout(UNet2DConditionModel.from_pretrained(sd_dir, subfolder="unet"),
                                     AutoencoderKL.from_pretrained(sd_dir, subfolder="vae"),

@@ -1,6 +1,6 @@
 """Evaluating a folder of predictions against a folder of ground truths.
 
-Files are paired by relative path and stem (``models.pairing``). Each prediction is compared at
+Files are paired by relative path and stem (``models.layout``). Each prediction is compared at
 its ground truth's size: if the sizes differ it is resized with ``evaluate.resize_filter``
 (Lanczos by default). A resize never distorts the aspect ratio: when the two aspect ratios
 differ by more than the rounding of one pixel, the pair is reported as an error, or, with
@@ -30,9 +30,9 @@ from tqdm import tqdm
 from models.bitstream import SEM_SUFFIX, BitstreamError, read_sem
 from models.config import Config
 from models.imageio import ImageReadError, atomic_write_bytes, atomic_write_json, read_rgb
-from models.metrics import ImagePair, MetricSuite
+from models.evaluation.metrics import ImagePair, MetricSuite
 from models.palettes import label_map_from_pil
-from models.pairing import StemIndex, bitstream_index, has_sem_files, index_by_stem, pair_by_stem, stem_key
+from models.layout import StemIndex, bitstream_index, has_sem_files, index_by_stem, pair_by_stem, stem_key
 from models.rate import bits_per_pixel
 
 RESIZE_FILTERS = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC,

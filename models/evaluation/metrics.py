@@ -258,7 +258,7 @@ class SemanticConsistency:
     columns = ("sem_miou", "sem_pixel_accuracy")
 
     def __init__(self, config: SegmentationConfig, device: torch.device):
-        from models.segmentation import CheckpointError, load_segmenter
+        from models.encode.segmentation import CheckpointError, load_segmenter
 
         try:
             self.segmenter = load_segmenter(config, device)

@@ -1,7 +1,7 @@
 """Build the training layout from PASCAL VOC 2012 or a plain folder of images.
 
-    python -m models.prepare_data --voc_root VOCdevkit/VOC2012 [--label_source gt|predicted]
-    python -m models.prepare_data --image_dir my_photos --split_fractions 0.8 0.1 0.1 --seed 0
+    python -m models.train.prepare_data --voc_root VOCdevkit/VOC2012 [--label_source gt|predicted]
+    python -m models.train.prepare_data --image_dir my_photos --split_fractions 0.8 0.1 0.1 --seed 0
 
 Writes, under --data_root (default data/):
 
@@ -38,18 +38,18 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from models.captioning import BlipCaptioner
+from models.encode.captioning import BlipCaptioner
 from models.config import Config, ConfigError, load_config
-from models.encode_job import (PARTIAL_PATTERN, PROMPTS_FILE, ImageFiles, add_encoder_arguments,
+from models.encode.job import (PARTIAL_PATTERN, PROMPTS_FILE, ImageFiles, add_encoder_arguments,
                                encoder_overrides, label_map_path,
                                merge_captions, plan_encode, read_captions, run_encode)
-from models.encoder import PRECISIONS
+from models.encode.encoder import PRECISIONS
 from models.imageio import (ImageReadError, InputFile, atomic_path, atomic_save_image,
                             atomic_write_json, is_image_name,
                             read_json, read_rgb, walk_files)
 from models.palettes import NUM_VOC_CLASSES, VOID_LABEL, label_map_from_pil, label_map_to_pil
 from models.runtime import DeviceSpec, is_global_zero, resolve_devices
-from models.segmentation import CheckpointError
+from models.encode.segmentation import CheckpointError
 
 SPLITS = ("train", "val", "test")
 MANIFEST_FILE = "prepare_data.json"
@@ -402,7 +402,7 @@ def report(plan: SourcePlan, preparer: Preparer, data_root: Path) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m models.prepare_data", description=__doc__.split("\n\n")[0],
+        prog="python -m models.train.prepare_data", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--voc_root", help="extracted VOC 2012: VOC2012/, VOCdevkit/ or its parent")

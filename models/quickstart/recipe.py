@@ -3,13 +3,13 @@
     python -m models.quickstart train --output_dir checkpoints/shapes   # every model, seeded, on CPU
     python -m models.quickstart evaluate [--model_dir checkpoints/shapes] # the end-to-end quality check
 
-``train`` writes a shapes data set (``models.shapes``, seed ``--seed``) into ``--work_dir`` and
+``train`` writes a shapes data set (``models.quickstart.shapes``, seed ``--seed``) into ``--work_dir`` and
 trains, in order: the DeepLabV3+ segmenter, the BLIP captioner, the VAE, the UNet with its CLIP
-text encoder (``models.small_models``), then the ControlNet with ``train.py`` on those frozen
+text encoder (``models.quickstart.trainers``), then the ControlNet with ``train.py`` on those frozen
 components. The model folder holds every component in its real on-disk format, stored in
 float16 (loading upcasts to float32):
 
-    segmentation.safetensors   DeepLabV3+ (models.segmentation.save_checkpoint)
+    segmentation.safetensors   DeepLabV3+ (models.encode.segmentation.save_checkpoint)
     blip/                      BlipForConditionalGeneration + BlipProcessor (save_pretrained)
     stable-diffusion/          an SD1.5-style diffusers folder: vae, text_encoder, tokenizer, unet, scheduler
     controlnet/                the ControlNet train.py exported (save_pretrained + semantic_compression.json)
@@ -43,7 +43,7 @@ from models.runtime import library_versions
 SHAPES_CONFIG = PROJECT_ROOT / "configs" / "shapes.yaml"
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "checkpoints" / "shapes"
 IMAGE_SIZE = 64  # shapes images are IMAGE_SIZE x IMAGE_SIZE
-HELD_OUT_SPLIT = "test"  # models.shapes split that training never sees
+HELD_OUT_SPLIT = "test"  # models.quickstart.shapes split that training never sees
 SEGMENTATION_FILE = "segmentation.safetensors"
 BLIP_DIR, SD_DIR, CONTROLNET_DIR = "blip", "stable-diffusion", "controlnet"
 TRAINING_REPORT = "training.json"
@@ -138,8 +138,8 @@ NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.0
 
 def train_segmentation(config: Config, data, stage: Stage, seed: int, output_dir: Path, device: str = "cpu") -> dict:
     """DeepLabV3+ with the architecture of ``config.segmentation``, saved as float16 safetensors."""
-    from models.segmentation import DeepLabV3Plus, save_checkpoint
-    from models.small_models import train_segmenter
+    from models.encode.segmentation import DeepLabV3Plus, save_checkpoint
+    from models.quickstart.trainers import train_segmenter
 
     torch.manual_seed(seed)
     model = DeepLabV3Plus.from_config(config.segmentation)
@@ -150,7 +150,7 @@ def train_segmentation(config: Config, data, stage: Stage, seed: int, output_dir
 
 def train_blip(data, stage: Stage, seed: int, output_dir: Path, device: str = "cpu") -> dict:
     """The BLIP captioner and its processor, saved with ``save_pretrained`` in float16."""
-    from models.small_models import build_captioner, train_captioner
+    from models.quickstart.trainers import build_captioner, train_captioner
 
     torch.manual_seed(seed)
     model, processor = build_captioner(IMAGE_SIZE, output_dir / BLIP_DIR, BLIP_ARCHITECTURE)
@@ -165,8 +165,8 @@ def build_tokenizer(folder: Path):
     """A CLIP BPE tokenizer whose vocabulary holds every shapes-caption word as one token."""
     from transformers import CLIPTokenizer
 
-    from models.small_models import caption_words
-    from models.tiny import write_clip_tokenizer_files
+    from models.quickstart.trainers import caption_words
+    from models.tiny.components import write_clip_tokenizer_files
 
     write_clip_tokenizer_files(folder, caption_words())
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
@@ -180,7 +180,7 @@ def train_stable_diffusion(data, recipe: Recipe, seed: int, output_dir: Path, wo
                            UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from models.small_models import train_autoencoder, train_text_to_image
+    from models.quickstart.trainers import train_autoencoder, train_text_to_image
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(**VAE_ARCHITECTURE)
@@ -221,7 +221,7 @@ def train_controlnet(config_path: Path, sd_dir: Path, data_root: Path, run_dir: 
 
     from safetensors.torch import load_file, save_file
 
-    from models.controlnet_io import EXPORT_METADATA
+    from models.decode.controlnet_loader import EXPORT_METADATA
 
     command = [sys.executable, str(PROJECT_ROOT / "train.py"), "--config_path", str(config_path),
                "--sd_model_path", str(sd_dir), "--data_root", str(data_root), "--output_dir", str(run_dir),
@@ -316,8 +316,8 @@ def train_all(output_dir: str | Path, work_dir: str | Path, seed: int = 0, threa
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from models.shapes import write_shapes_dataset
-    from models.small_models import read_split
+    from models.quickstart.shapes import write_shapes_dataset
+    from models.quickstart.trainers import read_split
 
     output_dir, work_dir = Path(output_dir).resolve(), Path(work_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -388,16 +388,16 @@ def model_config(model_dir: str | Path | None = None, config_path: str | Path = 
 
 
 def held_out_samples(count: int, seed: int = 0, split: str = HELD_OUT_SPLIT) -> list:
-    """The first ``count`` shapes samples of ``split`` (``models.shapes``' seeds): by default the
+    """The first ``count`` shapes samples of ``split`` (``models.quickstart.shapes``' seeds): by default the
     split that training never uses; ``val`` (train.py's validation images) is for choosing settings."""
-    from models.shapes import SPLIT_IDS, make_sample
+    from models.quickstart.shapes import SPLIT_IDS, make_sample
 
     return [make_sample([seed, SPLIT_IDS[split], index], size=IMAGE_SIZE) for index in range(count)]
 
 
 def dataset_miou(label_maps: list[np.ndarray], predictions: list[np.ndarray], num_classes: int) -> float:
     """mIoU over all pixels of a set (one confusion matrix), as ``sem_miou_dataset`` reports it."""
-    from models.metrics import confusion_matrix, mean_iou
+    from models.evaluation.metrics import confusion_matrix, mean_iou
 
     return mean_iou(sum(confusion_matrix(truth, predicted, num_classes)
                         for truth, predicted in zip(label_maps, predictions)))
@@ -423,8 +423,8 @@ class QualityReport:
 def quality_report(config: Config, count: int = 16, seed: int = 0, split: str = HELD_OUT_SPLIT) -> QualityReport:
     """Encode held-out images, send the codes through the ``.sem`` format, decode, re-segment."""
     from models.bitstream import decode_code, encode_code
-    from models.decoder import ControlNetDecoder, image_seed
-    from models.encoder import SemanticEncoder
+    from models.decode.decoder import ControlNetDecoder, image_seed
+    from models.encode.encoder import SemanticEncoder
     from models.semantic_code import SemanticCode
 
     start = time.perf_counter()

@@ -3,7 +3,7 @@
 The quickstart (``models.quickstart``) ships one of each component the real system uses, at a
 size that trains in minutes and weighs a few MB, saved in the same on-disk formats:
 
-- ``train_segmenter``: DeepLabV3+ (our ``models.segmentation.DeepLabV3Plus`` on a small timm
+- ``train_segmenter``: DeepLabV3+ (our ``models.encode.segmentation.DeepLabV3Plus`` on a small timm
   encoder), pixel-wise cross-entropy; saved as safetensors with ``save_checkpoint``;
 - ``train_captioner``: BLIP (``BlipForConditionalGeneration``: ViT encoder, BERT decoder with
   cross-attention), the captioning loss of Li et al. 2022; saved with ``save_pretrained``;
@@ -49,7 +49,7 @@ class ShapesSplit:
 
 
 def read_split(data_root: str | Path, split: str) -> ShapesSplit:
-    """The split as ``models.shapes`` wrote it (training layout), sorted by name."""
+    """The split as ``models.quickstart.shapes`` wrote it (training layout), sorted by name."""
     data_root = Path(data_root)
     captions = json.loads((data_root / "segmented_images" / split / "prompts.json").read_text(encoding="utf-8"))
     names = sorted(captions)
@@ -150,7 +150,7 @@ def train_segmenter(model, data: ShapesSplit, steps: int, batch_size: int, learn
 
 def caption_words() -> list[str]:
     """Every word (and the comma) a shapes caption can contain, sorted."""
-    from models.shapes import BACKGROUND_COLORS, SHAPE_CLASS_IDS, SHAPE_COLORS
+    from models.quickstart.shapes import BACKGROUND_COLORS, SHAPE_CLASS_IDS, SHAPE_COLORS
 
     words = {"a", "an", "and", "on", "background", "small", "large", ","}
     for name in [*SHAPE_COLORS, *BACKGROUND_COLORS, *SHAPE_CLASS_IDS]:

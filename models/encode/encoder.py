@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.captioning import BlipCaptioner
+from models.encode.captioning import BlipCaptioner
 from models.config import Config
-from models.segmentation import DeepLabV3Plus, load_segmenter
+from models.encode.segmentation import DeepLabV3Plus, load_segmenter
 from models.semantic_code import SemanticCode
 
 PRECISIONS = {"32": torch.float32, "16": torch.float16, "bf16": torch.bfloat16}

@@ -13,7 +13,7 @@ Checkpoints hold only what is trained (see docs/training.md for the contract wit
 ``state_dict`` has ``controlnet.*``, optionally ``unet.*`` (the unfrozen decoder half) and
 ``controlnet_ema.*``; ``semantic_compression`` holds the ControlNet config and the project config.
 
-    python -m models.controlnet_module export RUN/checkpoints/step-0001000.ckpt OUT
+    python -m models.train.controlnet_module export RUN/checkpoints/step-0001000.ckpt OUT
 
 exports a checkpoint as a ``save_pretrained`` ControlNet folder (what ``train.py`` writes to
 ``RUN/controlnet/`` at the end of training).
@@ -44,9 +44,9 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
 from models.config import Config, ConfigError, config_from_dict
-from models.control import conditioning_channels
-from models.data import derived_seed
-from models.diffusion import SDComponents, load_sd_components
+from models.decode.control import conditioning_channels
+from models.train.data import derived_seed
+from models.decode.stable_diffusion import SDComponents, load_sd_components
 from models.imageio import atomic_save_image
 from models.palettes import get_palette
 

@@ -31,7 +31,7 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from models.config import Config
-from models.control import CONDITIONING_MODES
+from models.decode.control import CONDITIONING_MODES
 
 EXPORT_METADATA = "semantic_compression.json"
 EXPORT_UNET_WEIGHTS = "unet_trainable.safetensors"

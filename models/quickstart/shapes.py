@@ -12,9 +12,9 @@ the learning test needs and what a quick demonstration model can learn in minute
 Shape classes are stored under PASCAL VOC class ids 1..4 (aeroplane, bicycle, bird, boat);
 the ids are only labels here, chosen so that the files are ordinary VOC label maps.
 
-    python -m models.shapes --data_root data/shapes --train 2000 --val 64 --size 64
+    python -m models.quickstart.shapes --data_root data/shapes --train 2000 --val 64 --size 64
 
-writes the training layout that ``models.data`` reads (``original_images/{split}/``,
+writes the training layout that ``models.train.data`` reads (``original_images/{split}/``,
 ``segmented_images/{split}/`` with palette PNGs and ``prompts.json``).
 """
 

@@ -8,7 +8,7 @@ Layout written under the output folder:
 - ``prompts.json``: ``{relative input path: caption}`` for every encoded image.
 
 ``OutputSpec.format`` chooses the outputs: ``png`` (the training layout, PNG + ``prompts.json``;
-the default here, which ``models.prepare_data`` relies on), ``sem`` (only ``.sem`` files) or
+the default here, which ``models.train.prepare_data`` relies on), ``sem`` (only ``.sem`` files) or
 ``both`` (what ``process_input.py`` writes by default). The job is resumable: an image counts
 as done when every requested output exists (its ``.sem`` file; its label map and its recorded
 caption), and done images are skipped unless ``overwrite`` is set. While the job runs, each
@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from models.bitstream import SEM_SUFFIX, write_sem
 from models.config import DEFAULT_CONFIG_PATH, Config
-from models.encoder import PRECISIONS, SemanticEncoder
+from models.encode.encoder import PRECISIONS, SemanticEncoder
 from models.imageio import (ImageReadError, InputFile, atomic_save_image, atomic_write_json,
                             is_image_name, read_json, read_rgb, walk_files)
 from models.palettes import label_map_to_pil

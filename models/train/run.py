@@ -26,9 +26,9 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.strategies import DDPStrategy
 
 from models.config import Config, save_config
-from models.controlnet_module import ControlNetModule
-from models.data import DecoderDataModule
-from models.diffusion import SDComponents
+from models.train.controlnet_module import ControlNetModule
+from models.train.data import DecoderDataModule
+from models.decode.stable_diffusion import SDComponents
 from models.runtime import DeviceSpec, is_global_zero
 
 CHECKPOINT_PATTERN = re.compile(r"step-(\d+)\.ckpt$")

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from models.bitstream import SEM_SUFFIX, BitstreamError, read_sem
 from models.config import Config
-from models.decoder import PRECISIONS, ControlNetDecoder, check_label_map, form_batches, image_seed
+from models.decode.decoder import PRECISIONS, ControlNetDecoder, check_label_map, form_batches, image_seed
 from models.imageio import (DEFAULT_MAX_PIXELS, atomic_save_image, atomic_write_json, is_image_name, read_json,
                             walk_files)
 from models.palettes import label_map_from_pil

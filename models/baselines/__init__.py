@@ -1,0 +1,1 @@
+"""Classic codecs at a byte budget, one folder at a time."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, evaluating folders of reconstructions, plots."""

@@ -1,0 +1,1 @@
+"""Training the ControlNet decoder: data, the Lightning module, one run, data preparation, export."""
