@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from models import bitstream
-from models.bitstream import (decode_caption, decode_code, encode_caption, encode_code,
-                              grid_shape, inspect_code, read_sem, upsample_label_map, write_sem)
+from models.bitstream import (caption_coder, decode_caption, decode_code, encode_caption,
+                              encode_code, inspect_code, read_sem, write_sem)
+from models.bitstream.grid import grid_shape, upsample_label_map
 from models.palettes import VOID_LABEL
 from models.semantic_code import SemanticCode
 from tests.conftest import DATA, VOC_MASKS
@@ -52,7 +52,7 @@ def test_captions_are_small_and_exact():
     sizes = []
     for caption in CAPTIONS:
         coder, payload = encode_caption(caption)
-        assert coder == bitstream.CAPTION_WORDS
+        assert coder == caption_coder.CAPTION_WORDS
         assert decode_caption(coder, payload) == caption
         sizes.append(len(payload))
     assert np.median(sizes) <= 24
@@ -65,13 +65,13 @@ def test_any_unicode_caption_round_trips(caption):
     coder, payload = encode_caption(caption)
     assert decode_caption(coder, payload) == caption
     assert len(payload) <= len(caption.encode("utf-8"))  # never worse than UTF-8
-    words = bitstream.encode_caption_words(caption)  # the escape path, even when it is larger
-    assert bitstream.decode_caption_words(words) == caption
+    words = caption_coder.encode_caption_words(caption)  # the escape path, even when it is larger
+    assert caption_coder.decode_caption_words(words) == caption
 
 
 def test_word_model_is_the_one_the_format_names():
-    assert bitstream.vocabulary_fingerprint() == bitstream.WORD_MODEL_FINGERPRINT
-    assert bitstream.word_model_available()
+    assert caption_coder.vocabulary_fingerprint() == caption_coder.WORD_MODEL_FINGERPRINT
+    assert caption_coder.word_model_available()
 
 
 @pytest.mark.parametrize("seed", [None, 0, 1234, 2**64 - 1])
@@ -153,9 +153,9 @@ def test_write_and_read_sem_files(tmp_path, masks):
 
 
 def test_upsampling_in_strips_equals_one_pass(monkeypatch):
-    import models.bitstream as bitstream
+    import models.bitstream.grid as compact_grid
 
     grid = np.random.default_rng(0).integers(0, 5, (12, 17)).astype(np.uint8)
-    whole = bitstream.upsample_label_map(grid, 203, 141)
-    monkeypatch.setattr(bitstream, "UPSAMPLE_STRIP_PIXELS", 450)  # strips of 2 rows
-    np.testing.assert_array_equal(bitstream.upsample_label_map(grid, 203, 141), whole)
+    whole = compact_grid.upsample_label_map(grid, 203, 141)
+    monkeypatch.setattr(compact_grid, "UPSAMPLE_STRIP_PIXELS", 450)  # strips of 2 rows
+    np.testing.assert_array_equal(compact_grid.upsample_label_map(grid, 203, 141), whole)

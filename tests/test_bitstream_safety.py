@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models import bitstream
-from models.bitstream import BitstreamError, decode_code, encode_code, inspect_code
+from models.bitstream import BitstreamError, decode_code, encode_code, inspect_code, label_map_coder
+from models.bitstream.sem_file import MAX_SIDE, _varint
 from models.semantic_code import SemanticCode
 
 
@@ -27,8 +27,8 @@ def with_crc(body: bytes) -> bytes:
 
 def header(width: int, height: int, labels=(0, 15), flags: int = 0, grid=None) -> bytes:
     """The fields of a file up to the label list, as a hostile writer would put them."""
-    sizes = bitstream._varint(width) + bitstream._varint(height)
-    sizes += bitstream._varint(grid) if grid is not None else b""
+    sizes = _varint(width) + _varint(height)
+    sizes += _varint(grid) if grid is not None else b""
     return b"SEM\x01" + bytes([flags]) + sizes + bytes([len(labels) - 1, *labels])
 
 
@@ -60,7 +60,7 @@ def test_every_single_bit_flip_is_caught(grid):
 
 
 @pytest.mark.parametrize("body, message", [
-    (header(bitstream.MAX_SIDE + 1, 10), "invalid width"),
+    (header(MAX_SIDE + 1, 10), "invalid width"),
     (header(10, 0), "invalid height"),
     (header(60_000, 60_000), "exceeds"),
     (header(10, 10, labels=(15, 0)), "invalid label list"),
@@ -83,7 +83,7 @@ def test_absurd_sizes_are_refused_before_allocating(monkeypatch):
     def no_allocation(*args, **kwargs):
         raise AssertionError("the decoder allocated a map for an absurd size")
 
-    monkeypatch.setattr(bitstream, "_padded", no_allocation)
+    monkeypatch.setattr(label_map_coder, "_padded", no_allocation)
     with pytest.raises(BitstreamError, match="exceeds"):
         decode_code(with_crc(header(65_535, 65_535) + b"\x00" * 8))
 

@@ -1,7 +1,92 @@
-"""``python -m models.bitstream encode / decode / info``."""
+"""The command line of the ``.sem`` format: encode a label map, decode a file, print its fields.
 
+    python -m models.bitstream encode MAP.png OUT.sem [--caption TEXT] [--seed N] [--grid G]
+    python -m models.bitstream decode IN.sem MAP.png
+    python -m models.bitstream info IN.sem
+
+A file that cannot be read, decoded or written is one line on stderr, ``error: FILE: reason``,
+and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
 import sys
 
-from models.bitstream import main
+from models.bitstream.errors import BitstreamError
+from models.bitstream.sem_file import (MAX_PIXELS, inspect_code, read_sem, read_sem_bytes,
+                                       write_sem)
+from models.imageio import ImageReadError, atomic_save_image, read_label_map
+from models.palettes import label_map_to_pil
+from models.rate import bits_per_pixel
+from models.semantic_code import SemanticCode
 
-sys.exit(main())
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command and its arguments."""
+    parser = argparse.ArgumentParser(prog="python -m models.bitstream",
+                                     description="Encode, decode and inspect .sem files.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    encode = commands.add_parser("encode", help="label map PNG (+ caption) -> .sem",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    encode.add_argument("label_map", help="palette or gray PNG whose pixel values are class ids")
+    encode.add_argument("output", help="the .sem file to write")
+    encode.add_argument("--caption", default="", help="caption text")
+    encode.add_argument("--seed", type=int, default=None, help="decoding seed to store")
+    encode.add_argument("--grid", type=int, default=None,
+                        help="compact mode: grid cells on the long side; None: lossless")
+    decode = commands.add_parser("decode", help=".sem -> label map PNG; prints the caption",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    decode.add_argument("input", help="the .sem file")
+    decode.add_argument("label_map", help="the palette PNG to write (full size)")
+    info = commands.add_parser("info", help="print a .sem file's fields as JSON",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    info.add_argument("input", help="the .sem file")
+    return parser.parse_args(argv)
+
+
+def encode_command(args: argparse.Namespace) -> None:
+    """Label map PNG (+ caption, seed) -> ``.sem`` file; prints its size and rate."""
+    # The format cannot hold more pixels than MAX_PIXELS: refuse larger maps before decoding them.
+    label_map = read_label_map(args.label_map, max_pixels=MAX_PIXELS)
+    code = SemanticCode(label_map, args.caption, args.seed)
+    size = write_sem(args.output, code, grid=args.grid)
+    print(f"{args.output}: {size} bytes, "
+          f"{bits_per_pixel(size, code.width, code.height):.5f} bits per pixel")
+
+
+def decode_command(args: argparse.Namespace) -> None:
+    """``.sem`` file -> full-size palette PNG; prints the caption."""
+    code = read_sem(args.input)
+    atomic_save_image(label_map_to_pil(code.label_map), args.label_map)
+    print(code.caption)
+
+
+def info_command(args: argparse.Namespace) -> None:
+    """Prints the fields of a ``.sem`` file as one line of JSON, without decoding the map."""
+    data = read_sem_bytes(args.input)
+    try:
+        fields = inspect_code(data).to_dict()
+    except BitstreamError as error:
+        raise BitstreamError(f"{args.input}: {error}") from None
+    print(json.dumps(fields, ensure_ascii=False))
+
+
+COMMANDS = {"encode": encode_command, "decode": decode_command, "info": info_command}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; a failure prints one line naming the file and returns 1."""
+    args = parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (BitstreamError, ImageReadError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

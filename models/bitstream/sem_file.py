@@ -1,0 +1,257 @@
+"""The ``.sem`` file, format version 1: header, caption, label-map payload, CRC-32.
+
+One file holds one image's label map (lossless, or on a reduced grid in compact mode), its
+caption and optionally the decoding seed; its size is the rate we report
+(``models.rate.bits_per_pixel``). The byte layout and the checks a reader makes, in order, are
+specified in ``docs/bitstream.md``, "Layout"; the codes inside come from ``label_map_coder``,
+``grid`` and ``caption_coder``.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.bitstream.caption_coder import (CAPTION_NONE, CAPTION_WORDS, MAX_CAPTION_BYTES,
+                                            decode_caption, encode_caption)
+from models.bitstream.errors import BitstreamError
+from models.bitstream.grid import downsample_label_map, grid_shape, upsample_label_map
+from models.bitstream.label_map_coder import decode_indices, encode_indices
+from models.imageio import DEFAULT_MAX_PIXELS, atomic_write_bytes
+from models.palettes import NUM_VOC_CLASSES, VOID_LABEL
+from models.rate import bits_per_pixel
+from models.semantic_code import SemanticCode
+
+MAGIC = b"SEM"
+VERSION = 1
+MAX_SIDE = 65_535  # largest width or height a file may declare
+# Largest width * height a file may declare: the image readers' limit, so that any label map the
+# project can read fits in a file. The number is part of the format (docs/bitstream.md).
+MAX_PIXELS = DEFAULT_MAX_PIXELS
+MAX_SEED = 2**64 - 1
+MAX_FILE_BYTES = 256 * 2**20  # a .sem file larger than this is refused before reading it
+LABEL_SETS = {0: "voc", 1: "uint8"}  # label set id -> name; "voc": ids 0..20 and 255 (void)
+FLAG_COMPACT, FLAG_SEED = 0x01, 0x02
+HEADER_MIN = len(MAGIC) + 1 + 1 + 1 + 1 + 1 + 1 + 4  # magic, version, flags, w, h, labels, crc
+
+
+@dataclass(frozen=True)
+class SemInfo:
+    """What a ``.sem`` file holds, without the decoded map."""
+
+    width: int
+    height: int
+    grid: int | None  # cells on the long side in compact mode; None: lossless
+    grid_width: int
+    grid_height: int
+    label_set: str
+    labels: tuple[int, ...]  # the labels that occur in the coded map, ascending
+    caption: str
+    caption_coder: int
+    seed: int | None
+    num_bytes: int  # the whole file
+    caption_bytes: int
+    map_bytes: int
+
+    @property
+    def mode(self) -> str:
+        """The coding mode: "lossless" or "compact"."""
+        return "lossless" if self.grid is None else "compact"
+
+    @property
+    def bits_per_pixel(self) -> float:
+        """The rate of the whole file relative to the original image's size."""
+        return bits_per_pixel(self.num_bytes, self.width, self.height)
+
+    def to_dict(self) -> dict:
+        """The fields ``python -m models.bitstream info`` prints."""
+        return {"width": self.width, "height": self.height, "mode": self.mode, "grid": self.grid,
+                "bytes": self.num_bytes, "bits_per_pixel": self.bits_per_pixel,
+                "map_bytes": self.map_bytes, "caption_bytes": self.caption_bytes,
+                "labels": list(self.labels), "label_set": self.label_set,
+                "caption": self.caption, "seed": self.seed}
+
+
+def _varint(value: int) -> bytes:
+    """Unsigned LEB128: 7 bits per byte, low bits first, high bit set on all but the last."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+class _Reader:
+    """Reads the fields of a file in order; running out of bytes is a BitstreamError."""
+
+    def __init__(self, data: bytes, end: int) -> None:
+        self.data, self.position, self.end = data, 0, end
+
+    def take(self, count: int, what: str) -> bytes:
+        """The next ``count`` bytes (``what`` names the field in the error)."""
+        if count > self.end - self.position:
+            raise BitstreamError(f"truncated file (it ends inside the {what})")
+        self.position += count
+        return self.data[self.position - count: self.position]
+
+    def varint(self, what: str, low: int, high: int) -> int:
+        """The next LEB128 number, which must lie in ``low..high``."""
+        value = 0
+        for shift in range(0, 70, 7):
+            byte = self.take(1, what)[0]
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+        else:
+            raise BitstreamError(f"invalid {what} (a number longer than 10 bytes)")
+        if not low <= value <= high:
+            raise BitstreamError(f"invalid {what} {value} (allowed: {low}..{high})")
+        return value
+
+
+def _label_set_id(labels: np.ndarray, label_set: str | None) -> int:
+    """The label set that holds ``labels`` (VOC when possible unless one is named)."""
+    voc = bool(np.all((labels < NUM_VOC_CLASSES) | (labels == VOID_LABEL)))
+    name = label_set or ("voc" if voc else "uint8")
+    ids = {value: key for key, value in LABEL_SETS.items()}
+    if name not in ids:
+        raise ValueError(f"unknown label set {name!r}; choose one of {sorted(ids)}")
+    if name == "voc" and not voc:
+        raise ValueError(f"labels {labels.tolist()} are not all VOC ids (0..20, 255 = void)")
+    return ids[name]
+
+
+def _label_allowed(label_set: int, label: int) -> bool:
+    """Whether ``label`` belongs to the label set with id ``label_set``."""
+    return label_set != 0 or label < NUM_VOC_CLASSES or label == VOID_LABEL
+
+
+def encode_code(code: SemanticCode, grid: int | None = None, label_set: str | None = None) -> bytes:
+    """The ``.sem`` bytes of ``code``: lossless, or compact with ``grid`` cells on the long side."""
+    height, width = code.label_map.shape
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE and width * height <= MAX_PIXELS):
+        raise ValueError(f"label map of {width}x{height} is outside the format's limits "
+                         f"(sides 1..{MAX_SIDE}, at most {MAX_PIXELS} pixels)")
+    if code.seed is not None and not 0 <= code.seed <= MAX_SEED:
+        raise ValueError(f"seed {code.seed} is outside 0..2^64-1")
+    set_id = _label_set_id(np.unique(code.label_map), label_set)
+    coded_map = code.label_map
+    if grid is not None:
+        grid = min(int(grid), max(width, height))
+        grid_width, grid_height = grid_shape(width, height, grid)
+        coded_map = downsample_label_map(code.label_map, grid_width, grid_height,
+                                         VOID_LABEL if set_id == 0 else None)
+    labels = np.unique(coded_map)
+    caption_coder, caption_payload = encode_caption(code.caption)
+    flags = (FLAG_COMPACT if grid is not None else 0) | (FLAG_SEED if code.seed is not None else 0)
+    header = bytearray(MAGIC + bytes([VERSION, flags | caption_coder << 2 | set_id << 4]))
+    header += _varint(width) + _varint(height)
+    if grid is not None:
+        header += _varint(grid)
+    header += bytes([len(labels) - 1]) + labels.astype(np.uint8).tobytes()
+    if code.seed is not None:
+        header += _varint(code.seed)
+    if caption_coder != CAPTION_NONE:
+        header += _varint(len(caption_payload)) + caption_payload
+    indices = np.searchsorted(labels, coded_map).astype(np.uint8)
+    body = bytes(header) + encode_indices(indices, len(labels))
+    return body + zlib.crc32(body).to_bytes(4, "big")
+
+
+def _check_envelope(data: bytes) -> None:
+    """Magic, version and CRC-32, checked before any field is trusted."""
+    if len(data) < len(MAGIC) + 1 or data[: len(MAGIC)] != MAGIC:
+        raise BitstreamError("not a .sem file (wrong magic bytes)")
+    if data[len(MAGIC)] != VERSION:
+        raise BitstreamError(f"unknown format version {data[len(MAGIC)]} "
+                             f"(this build reads version {VERSION})")
+    if len(data) < HEADER_MIN:
+        raise BitstreamError(f"truncated file ({len(data)} bytes)")
+    if zlib.crc32(data[:-4]) != int.from_bytes(data[-4:], "big"):
+        raise BitstreamError("integrity check failed (CRC-32 mismatch): the file is corrupted "
+                             "or truncated")
+
+
+def _parse(data: bytes) -> tuple[SemInfo, bytes]:
+    """The header fields and caption of a file, and its label-map payload."""
+    _check_envelope(data)
+    reader = _Reader(data, len(data) - 4)
+    reader.take(len(MAGIC) + 1, "magic")
+    flags = reader.take(1, "flags")[0]
+    caption_coder, set_id = (flags >> 2) & 0x3, flags >> 4
+    if set_id not in LABEL_SETS or caption_coder > CAPTION_WORDS:
+        raise BitstreamError(f"invalid flags byte 0x{flags:02x} "
+                             f"(unknown label set or caption coder)")
+    width = reader.varint("width", 1, MAX_SIDE)
+    height = reader.varint("height", 1, MAX_SIDE)
+    if width * height > MAX_PIXELS:
+        raise BitstreamError(f"declared size {width}x{height} exceeds {MAX_PIXELS} pixels")
+    grid = reader.varint("grid size", 1, max(width, height)) if flags & FLAG_COMPACT else None
+    grid_width, grid_height = grid_shape(width, height, grid) if grid else (width, height)
+    labels = tuple(reader.take(reader.take(1, "label count")[0] + 1, "label list"))
+    if any(a >= b for a, b in zip(labels, labels[1:])) or \
+            not all(_label_allowed(set_id, label) for label in labels):
+        raise BitstreamError(f"invalid label list {list(labels)} "
+                             f"for label set {LABEL_SETS[set_id]}")
+    seed = reader.varint("seed", 0, MAX_SEED) if flags & FLAG_SEED else None
+    caption_payload = b""
+    if caption_coder != CAPTION_NONE:
+        length = reader.varint("caption length", 1, MAX_CAPTION_BYTES)
+        caption_payload = reader.take(length, "caption")
+    map_payload = data[reader.position: reader.end]
+    if len(labels) == 1 and map_payload:
+        raise BitstreamError("invalid file (map data after a single-label map)")
+    info = SemInfo(width=width, height=height, grid=grid, grid_width=grid_width,
+                   grid_height=grid_height, label_set=LABEL_SETS[set_id], labels=labels,
+                   caption=decode_caption(caption_coder, caption_payload),
+                   caption_coder=caption_coder, seed=seed, num_bytes=len(data),
+                   caption_bytes=len(caption_payload), map_bytes=len(map_payload))
+    return info, map_payload
+
+
+def inspect_code(data: bytes) -> SemInfo:
+    """The header and caption of a ``.sem`` file, checked, without decoding the map."""
+    return _parse(bytes(data))[0]
+
+
+def decode_code(data: bytes) -> SemanticCode:
+    """The semantic code stored in ``data``; compact maps are upsampled to full size."""
+    info, map_payload = _parse(bytes(data))
+    indices = decode_indices(map_payload, info.grid_height, info.grid_width, len(info.labels))
+    label_map = np.asarray(info.labels, dtype=np.uint8)[indices]
+    if info.grid is not None:
+        label_map = upsample_label_map(label_map, info.width, info.height)
+    return SemanticCode(label_map=label_map, caption=info.caption, seed=info.seed)
+
+
+def read_sem_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a ``.sem`` file; an unreadable or absurdly large file is a BitstreamError."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise BitstreamError(f"{path}: file too large ({path.stat().st_size} bytes)")
+        return path.read_bytes()
+    except OSError as error:
+        raise BitstreamError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
+def read_sem(path: str | os.PathLike) -> SemanticCode:
+    """Decode the ``.sem`` file at ``path``; errors name the file."""
+    data = read_sem_bytes(path)
+    try:
+        return decode_code(data)
+    except BitstreamError as error:
+        raise BitstreamError(f"{path}: {error}") from None
+
+
+def write_sem(path: str | os.PathLike, code: SemanticCode, grid: int | None = None) -> int:
+    """Write ``code`` to ``path`` atomically; returns the file size in bytes."""
+    data = encode_code(code, grid=grid)
+    atomic_write_bytes(path, data)
+    return len(data)
+
