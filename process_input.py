@@ -7,8 +7,8 @@ relative path, a .sem file (label map + caption + optional seed in our compact f
 docs/bitstream.md; --grid G codes the map on a G-cell grid) and, for training, a label map as a
 palette PNG with a .png extension plus one prompts.json that maps each image's path relative to
 --input_dir to its caption (--format chooses: both, sem or png). Finished images (every
-requested output present) are skipped on a re-run unless --overwrite is given. Bad files are reported one line each; the others are still
-encoded, and the exit status is 1 if anything failed.
+requested output present) are skipped on a re-run unless --overwrite is given. Bad files are
+reported one line each; the others are still encoded, and the exit status is 1 if anything failed.
 """
 
 from __future__ import annotations
@@ -17,13 +17,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from models.config import ConfigError, load_config
-from models.encode.job import (OUTPUT_FORMATS, PARTIAL_PATTERN, OutputSpec, add_encoder_arguments,
-                               encoder_overrides, merge_captions,
-                               plan_encode, report, run_encode)
+from models.cli import add_encoder_arguments, config_from_args
+from models.config import ConfigError
 from models.imageio import check_output_not_inside_input
-from models.runtime import is_global_zero, resolve_devices
-from models.encode.segmentation import CheckpointError
+from models.layout import ENCODE_FORMATS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input_dir", required=True, help="folder of images (searched recursively)")
     parser.add_argument("--output_dir", required=True, help="where label maps and prompts.json go")
     parser.add_argument("--overwrite", action="store_true", help="re-encode images already done")
-    parser.add_argument("--format", default="both", choices=OUTPUT_FORMATS,
+    parser.add_argument("--format", default="both", choices=ENCODE_FORMATS,
                         help="outputs: .sem files, palette PNGs + prompts.json, or both")
     parser.add_argument("--grid", type=int, default=None,
                         help=".sem compact mode: map on a grid of G cells on the long side "
@@ -46,13 +43,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from models.encode.job import OutputSpec, caption_records, merge_captions, plan_encode, report, run_encode
+    from models.encode.segmentation import CheckpointError  # torch: after --help
+    from models.runtime import is_global_zero, resolve_devices
+
     input_dir, output_dir = Path(args.input_dir), Path(args.output_dir)
     try:
         if not input_dir.is_dir():
             raise ValueError(f"--input_dir {input_dir} is not a folder")
         check_output_not_inside_input(input_dir, output_dir)
-        config = load_config(args.config_path, encoder_overrides(args))
-        spec = resolve_devices(args)
+        config = config_from_args(args)
+        devices = resolve_devices(args)
         outputs = OutputSpec(format=args.format, grid=args.grid, seed=args.seed)
     except (ValueError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -61,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     if not plan.todo:
         if not is_global_zero():
             return 0
-        if any(output_dir.glob(PARTIAL_PATTERN)):  # captions left by an interrupted run
+        if caption_records(output_dir).files():  # captions left by an interrupted run
             merge_captions(output_dir)
         return report(plan, None, output_dir)
     try:
-        result = run_encode(plan, config, spec, output_dir, outputs=outputs)
+        result = run_encode(plan, config, devices, output_dir, outputs=outputs)
     except (CheckpointError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

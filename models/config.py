@@ -2,8 +2,9 @@
 
 A config file is YAML with one mapping per section below. Anything it leaves out keeps the
 default written here; a key that is not defined here is an error (with the closest known key
-suggested), as is a value of the wrong type. Command-line flags override the file through
-``apply_overrides`` ("section.key=value"), so there is exactly one place where settings merge.
+suggested), as is a value of the wrong type. ``load_config`` is the one place where settings
+merge: the file, then typed values (``set_value``; command-line flags arrive this way, never as
+YAML text, see ``models.cli``), then "section.key=value" override text read as YAML.
 
 Fields marked as paths hold a local file/folder or a Hugging Face id. A relative path is looked
 up next to the config file first, then in the working directory, then in the project root; if
@@ -22,8 +23,13 @@ from typing import Any
 
 import yaml
 
+from models.imageio import DEFAULT_MAX_PIXELS, RESIZE_FILTERS
+from models.palettes import PALETTES
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configs" / "config.yaml"
+PRECISION_NAMES = ("32", "16", "bf16")  # network precisions on a GPU (models.runtime.PRECISIONS)
+CONDITIONING_MODES = ("palette", "onehot")  # how a label map is drawn as a control image (models.decode.control)
 
 
 def path_field(default: str | None) -> Any:
@@ -66,8 +72,8 @@ class EncodeConfig:
 
     batch_size: int = 8  # images per forward pass and per device
     num_workers: int = 2  # data-loader processes that decode images
-    max_pixels: int = 50_000_000  # refuse larger images before decoding them
-    precision: str = choice_field("32", ("32", "16", "bf16"))  # network precision on a GPU
+    max_pixels: int = DEFAULT_MAX_PIXELS  # refuse larger images before decoding them
+    precision: str = choice_field("32", PRECISION_NAMES)  # network precision on a GPU
 
 
 @dataclass
@@ -77,8 +83,8 @@ class DiffusionConfig:
     sd_model_path: str = path_field("stable-diffusion-v1-5/stable-diffusion-v1-5")
     controlnet_path: str | None = path_field(None)  # a trained ControlNet; None: from the UNet
     resolution: int = 512  # training and generation size (multiple of 8)
-    palette: str = choice_field("voc", ("voc", "ade20k"))  # "ade20k" for public seg ControlNets
-    conditioning: str = choice_field("palette", ("palette", "onehot"))  # control image rendering
+    palette: str = choice_field("voc", tuple(PALETTES))  # "ade20k" for public seg ControlNets
+    conditioning: str = choice_field("palette", CONDITIONING_MODES)  # control image rendering
 
 
 @dataclass
@@ -93,12 +99,12 @@ class DecodeConfig:
     seed: int = 0  # hashed with each image's relative path into that image's own noise seed
     batch_size: int = 4  # images per forward pass; batches are formed globally, in a fixed order
     resolution: int | None = None  # generation size; null: the ControlNet's own, else diffusion.resolution
-    palette: str | None = choice_field(None, (None, "voc", "ade20k"))  # null: the ControlNet's own
+    palette: str | None = choice_field(None, (None, *PALETTES))  # null: the ControlNet's own
     control_range: str = choice_field("auto", ("auto", "unit", "signed"))  # [0,1] or [-1,1]; auto: by format
     keep_aspect: bool | None = None  # false: stretch to a square as the original; null: by format
-    resize_filter: str = choice_field("lanczos", ("lanczos", "bicubic", "bilinear"))  # back to the original size
+    resize_filter: str = choice_field("lanczos", tuple(RESIZE_FILTERS))  # back to the original size
     missing_caption: str = choice_field("error", ("error", "empty"))  # "empty": decode with "" and warn
-    precision: str = choice_field("32", ("32", "16", "bf16"))  # on a GPU; --use_fp16 sets "16"
+    precision: str = choice_field("32", PRECISION_NAMES)  # on a GPU; --use_fp16 sets "16"
     attention_slicing: bool = False  # attention in slices: less memory, a little slower
     vae_slicing: bool = False  # VAE-decode one image of the batch at a time
     vae_tiling: bool = False  # VAE-decode in overlapping tiles (large images on small cards)
@@ -124,7 +130,7 @@ class EvaluateConfig:
     kid_subset_size: int = 1000  # KID: samples per subset (fewer when there are fewer)
     fid_features: int = choice_field(2048, (64, 192, 768, 2048))  # Inception layer; 2048 (pool3) is standard
     fid_antialias: bool = False  # False: resize to 299 like torch-fidelity/TF, so FIDs compare with papers
-    resize_filter: str = choice_field("lanczos", ("lanczos", "bicubic", "bilinear"))  # to the truth's size
+    resize_filter: str = choice_field("lanczos", tuple(RESIZE_FILTERS))  # to the truth's size
     aspect_mismatch: str = choice_field("error", ("error", "crop"))  # crop: centre-crop to the truth's shape
 
 
@@ -166,9 +172,9 @@ class TrainConfig:
     val_every_n_steps: int = 500  # validation loss and image grid interval
     val_max_samples: int = 64  # validation images used for the loss (first ones, sorted)
     val_timesteps: list[int] = field(default_factory=lambda: [100, 300, 500, 700, 900])  # fixed t
-    num_validation_images: int = 4  # label maps decoded into the logged image grid
-    validation_inference_steps: int = 20  # DDIM steps per validation image
-    validation_guidance_scale: float = 7.5  # classifier-free guidance for validation images
+    num_validation_images: int = 4  # first validation label maps decoded as process_decoding.py would
+    validation_inference_steps: int | None = None  # sampler steps of validation images; null: decode's
+    validation_guidance_scale: float | None = None  # their guidance scale; null: decode.guidance_scale
 
 
 @dataclass
@@ -192,8 +198,11 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message says what to change."""
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, merged with the YAML at ``path`` (default ``configs/config.yaml``), then overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                values: dict[str, Any] | None = None, source: str = "flag") -> Config:
+    """Defaults, merged with the YAML at ``path`` (default ``configs/config.yaml``), then ``values``
+    ({"section.key": typed value}, e.g. from command-line flags; a path that exists from the
+    working directory is made absolute), then ``overrides`` ("section.key=value" text)."""
     path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -202,10 +211,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from None
     config = config_from_dict(data, source=str(path))
+    for key, value in (values or {}).items():
+        if config_field(key).metadata.get("path") and isinstance(value, str) and Path(value).expanduser().exists():
+            value = str(Path(value).expanduser().resolve())
+        set_value(config, key, value, f"{source} {key}")
     if overrides:
         apply_overrides(config, overrides)
     resolve_paths(config, base_dir=path.resolve().parent)
     return config
+
+
+def config_field(key: str) -> dataclasses.Field:
+    """The dataclass field of "section.key" (its type, default, choices, path marker)."""
+    section_name, _, name = key.partition(".")
+    section = _section(Config(), section_name, "config")
+    fields = {item.name: item for item in dataclasses.fields(section)}
+    if name not in fields:
+        raise ConfigError(f"unknown key '{key}'{_suggest(name, list(fields))}")
+    return fields[name]
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
@@ -235,15 +258,20 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 
 
 def set_dotted(target: Any, key: str, text: str, source: str) -> None:
+    """``set_value`` with ``text`` read as YAML ("8", "null", "[1, 2]", "a photo of")."""
+    set_value(target, key, yaml.safe_load(text) if text.strip() else None, source)
+
+
+def set_value(target: Any, key: str, value: Any, source: str) -> None:
     """Set the field ``key`` of the dataclass ``target`` ("name", "section.name", deeper through
-    nested dataclasses) to ``text`` read as YAML; a wrong key or kind of value raises ConfigError
-    whose message starts with ``source``."""
+    nested dataclasses) to ``value``, checked against the field's type and choices; a wrong key or
+    kind of value raises ConfigError whose message starts with ``source``."""
     *parents, name = key.strip().split(".")
     path = []
     for parent in parents:
         target = _section(target, parent, source, ".".join(path + [parent]))
         path.append(parent)
-    _set_field(target, ".".join(path), name, yaml.safe_load(text) if text.strip() else None, source)
+    _set_field(target, ".".join(path), name, value, source)
 
 
 def resolve_paths(config: Config, base_dir: Path) -> None:

@@ -3,7 +3,7 @@
 Every script reads user images through ``read_rgb``: it applies the EXIF orientation, turns
 every Pillow mode (gray, palette, RGBA, 16-bit, CMYK, ...) into 8-bit RGB, refuses images above
 a pixel limit before decoding them, and reports any failure as one ``ImageReadError`` that names
-the file and the reason. Outputs are written to a temporary file in the same folder and renamed
+the file and the reason. Label maps are read the same way by ``read_label_map``. Outputs are written to a temporary file in the same folder and renamed
 into place, so an interrupted job never leaves a half-written file behind.
 """
 
@@ -22,12 +22,16 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from models.palettes import label_map_from_pil
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
      ".pbm", ".pnm", ".jp2", ".avif", ".jxl", ".tga", ".ico"}
 )
 DEFAULT_MAX_PIXELS = 50_000_000  # refuse larger images before decoding (decompression bombs)
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
+RESIZE_FILTERS = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC,
+                  "bilinear": Image.Resampling.BILINEAR}  # by the names configs use
 
 
 class ImageReadError(Exception):
@@ -62,6 +66,29 @@ def read_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXEL
         raise ImageReadError(path, f"refused as a possible decompression bomb ({error})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageReadError(path, f"corrupt or truncated image ({error})") from None
+
+
+def read_label_map(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                   what: str = "label map") -> np.ndarray:
+    """The (H, W) uint8 class ids of a label-map image (palette or gray PNG, pixel value = class
+    id), or ``ImageReadError`` naming the file (``what`` names the kind of file in messages)."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                _check_size(path, image.size, max_pixels)
+                return label_map_from_pil(image)
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(path, f"{what} not found") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(path, f"unreadable {what} (not an image Pillow can read)") from None
+    except ValueError as error:  # a colour image, or 16-bit values beyond 255
+        raise ImageReadError(path, str(error)) from None
+    except (OSError, SyntaxError, EOFError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageReadError(path, f"unreadable {what} ({error})") from None
 
 
 def _check_size(path: Path, size: tuple[int, int], max_pixels: int | None) -> None:

@@ -1,26 +1,134 @@
-"""Matching files across folders by relative path and stem.
+"""The data-folder layout that every stage reads and writes: file names, captions, per-process records.
 
-Reconstructions, compressed files and label maps keep the relative path of the image they came
-from but may change its extension (``train/2007_000032.jpg`` -> ``train/2007_000032.png`` or
-``.sem``). Files are therefore matched on their *key*, the relative path without the last
-extension, and never on numbers inside file names.
+- ``prompts.json``: ``{relative image path: caption}`` (``read_prompts``, ``write_prompts``);
+- ``.sem`` files (``SEM_SUFFIX``), label maps as ``.png`` next to nothing else of the same stem;
+- *stems*: reconstructions, compressed files and label maps keep the relative path of the image
+  they came from but may change its extension (``train/2007_000032.jpg`` ->
+  ``train/2007_000032.png`` or ``.sem``), so files are matched on their key, the relative path
+  without the last extension, and never on numbers inside file names;
+- per-process records (``RankRecords``): while a job runs on several processes, each appends
+  JSON lines to its own ``.<name>.rank<R>.jsonl``; rank 0 folds them into the job's file at the end
+  (and the next run folds what an interrupted one left);
+- ``SPLITS``: the data splits of the training layout (``original_images/<split>/``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
-from models.bitstream import SEM_SUFFIX
-from models.imageio import is_image_name, walk_files
+from models.imageio import atomic_write_json, is_image_name, walk_files
+
+PROMPTS_FILE = "prompts.json"
+SEM_SUFFIX = ".sem"  # the file extension of semantic codes (models.bitstream)
+LABEL_MAP_SUFFIX = ".png"
+SPLITS = ("train", "val", "test")
+ENCODE_FORMATS = ("both", "sem", "png")  # what an encoding job writes: .sem files, label-map PNGs + prompts.json
+T = TypeVar("T")
 
 
 def stem_key(relpath: str) -> str:
     """The matching key of a relative path: ``"a/b/img.v2.jpg"`` -> ``"a/b/img.v2"``."""
     path = PurePosixPath(relpath)
     return str(path.with_suffix("")) if path.suffix else str(path)
+
+
+def label_map_relpath(relpath: str) -> str:
+    """Where the label map of the image at ``relpath`` goes, relative to a label-map folder."""
+    return stem_key(relpath) + LABEL_MAP_SUFFIX
+
+
+def sem_relpath(relpath: str) -> str:
+    """Where the ``.sem`` file of the image at ``relpath`` goes, relative to an output folder."""
+    return stem_key(relpath) + SEM_SUFFIX
+
+
+def read_prompts(path: str | os.PathLike, required: bool = True) -> dict[str, str]:
+    """The captions of a prompts file, ``{relative image path: caption}``; a missing file is an
+    error unless not ``required`` (then ``{}``). Anything else raises ``ValueError`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        if required:
+            raise ValueError(f"prompts file not found: {path}")
+        return {}
+    try:
+        prompts = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
+        raise ValueError(f"{path}: expected a JSON object {{relative image path: caption}}")
+    return prompts
+
+
+def write_prompts(path: str | os.PathLike, prompts: dict[str, str]) -> None:
+    """Write a prompts file atomically, sorted by path."""
+    atomic_write_json(path, dict(sorted(prompts.items())))
+
+
+@dataclass(frozen=True)
+class RankRecords:
+    """The per-process JSON-lines files ``<folder>/.<name>.rank<R>.jsonl`` of one job."""
+
+    folder: Path
+    name: str  # "prompts", "manifest", ...
+
+    def path(self, rank: int) -> Path:
+        return self.folder / f".{self.name}.rank{rank}.jsonl"
+
+    def files(self) -> list[Path]:
+        return sorted(self.folder.glob(f".{self.name}.rank*.jsonl"))
+
+    def append(self, rank: int, records: list[dict]) -> None:
+        """Append records as lines, first ending a line that an interruption left unfinished."""
+        if not records:
+            return
+        path = self.path(rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as handle:
+            if handle.tell() > 0:
+                with open(path, "rb") as existing:
+                    existing.seek(-1, 2)
+                    if existing.read(1) != b"\n":
+                        handle.write(b"\n")
+            text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+            handle.write(text.encode("utf-8"))
+
+    def read(self) -> list[dict]:
+        """Every complete record, file by file; a line cut short by an interruption is skipped.
+        Raises ``FileNotFoundError`` when a file vanishes while it is read (see ``read_consistently``)."""
+        records = []
+        for path in self.files():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict):
+                    records.append(record)
+        return records
+
+    def remove(self) -> None:
+        """Delete the files (after their records were merged into the job's file)."""
+        for path in self.files():
+            path.unlink(missing_ok=True)
+
+
+def read_consistently(read: Callable[[], T], attempts: int = 100) -> T:
+    """``read()`` (a job's file plus its ``RankRecords``) again while rank 0 merges under it.
+
+    Rank 0 writes the merged file before it deletes the per-process files, so a file that
+    vanishes means the merged file now holds its records, and reading again gives the same ones.
+    """
+    for _ in range(attempts):
+        try:
+            return read()
+        except FileNotFoundError:
+            continue
+    raise RuntimeError("a job's records kept changing while they were read")
 
 
 @dataclass

@@ -1,9 +1,10 @@
-"""Devices and processes: one set of flags for every script, Lightning for the work.
+"""Devices, processes and precision: where a job runs, with Lightning doing the work.
 
 Scripts accept the original project's ``--gpus 0 1`` / ``--gpu_ids "0,1"``, a single
 ``--device`` (``cpu``, ``cuda``, ``cuda:1``) and Lightning's ``--accelerator``/``--devices``/
-``--num_nodes``. They all resolve to one ``DeviceSpec``; more than one device means DDP, where
-Lightning starts one process per device by running the same script again.
+``--num_nodes`` (declared in ``models.cli``). They all resolve to one ``DeviceSpec``; more than
+one device means DDP, where Lightning starts one process per device by running the same script
+again.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import sys
 from dataclasses import dataclass
 
 import torch
+
+from models.config import PRECISION_NAMES
+
+PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16)))  # name -> dtype
 
 
 @dataclass(frozen=True)
@@ -34,24 +39,6 @@ class DeviceSpec:
     @property
     def strategy(self) -> str:
         return "ddp" if self.world_size > 1 else "auto"
-
-
-def add_device_arguments(parser: argparse.ArgumentParser, gpu_flag: str = "--gpus") -> None:
-    """The device flags shared by all scripts (``gpu_flag``: the original README's spelling)."""
-    group = parser.add_argument_group("devices")
-    if gpu_flag == "--gpus":
-        group.add_argument("--gpus", type=int, nargs="+", default=None,
-                           help="GPU indices to use, e.g. --gpus 0 1 (one process per GPU)")
-    else:
-        group.add_argument("--gpu_ids", type=str, default=None,
-                           help='comma-separated GPU indices, e.g. --gpu_ids "0,1"')
-    group.add_argument("--device", default=None,
-                       help="a single device: cpu, cuda or cuda:N (default: a GPU if present)")
-    group.add_argument("--accelerator", choices=("auto", "cpu", "gpu", "cuda"), default="auto",
-                       help="Lightning accelerator; with --devices N runs N processes")
-    group.add_argument("--devices", type=int, default=None,
-                       help="number of devices (processes) to use, e.g. --accelerator cpu --devices 2")
-    group.add_argument("--num_nodes", type=int, default=1, help="number of machines (multi-node DDP)")
 
 
 def resolve_devices(args: argparse.Namespace) -> DeviceSpec:

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 import process_input
-from models.bitstream import main, read_sem
-from models.encode.job import PROMPTS_FILE
+from models.bitstream import read_sem
+from models.bitstream.__main__ import main
+from models.layout import PROMPTS_FILE
 from models.rate import bits_per_pixel
 from tests.conftest import REPO, VOC_IMAGES, VOC_MASKS
 
@@ -64,7 +65,7 @@ def test_missing_and_non_label_map_inputs(tmp_path, capsys):
     rgb = tmp_path / "photo.png"
     Image.new("RGB", (8, 8)).save(rgb)
     assert main(["encode", str(rgb), str(tmp_path / "x.sem")]) == 1
-    assert "photo.png: cannot read a label map" in capsys.readouterr().err
+    assert "photo.png: a label map must be a palette or gray PNG" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

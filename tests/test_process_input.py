@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import process_input
-from models.encode.job import PROMPTS_FILE
+from models.layout import PROMPTS_FILE
 from tests.badfiles import BAD, GOOD, IGNORED, MAX_PIXELS, make_mixed_folder
 from tests.conftest import VOC_IMAGES, run_script
 

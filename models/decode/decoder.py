@@ -33,7 +33,9 @@ from models.decode.control import control_tensor, resize_label_map
 from models.decode.controlnet_loader import (CheckpointFormatError, ControlNetSource, ControlSpec, check_checkpoint_path,
                                   load_controlnet, resolve_control_spec)
 from models.decode.stable_diffusion import SDComponents, load_sd_components
+from models.imageio import RESIZE_FILTERS
 from models.palettes import VOID_LABEL
+from models.runtime import PRECISIONS
 from models.decode.sampling import SamplerPlan, combine, plan_sampler
 from models.semantic_code import SemanticCode
 
@@ -44,9 +46,7 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
     "dpmpp": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),  # Lu et al. 2022
     "euler": (EulerDiscreteScheduler, {}),  # Karras et al. 2022, Euler (deterministic)
 }
-RESIZE_FILTERS = {"lanczos": Image.LANCZOS, "bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 SIZE_MULTIPLE = 8  # generation sizes are multiples of this many pixels
-PRECISIONS = {"32": torch.float32, "16": torch.float16, "bf16": torch.bfloat16}
 
 
 def make_scheduler(name: str, schedule_config: dict) -> SchedulerMixin:
@@ -201,19 +201,24 @@ class ControlNetDecoder:
     def place(self, device: torch.device, dtype: torch.dtype = torch.float32, cpu_offload: bool = False) -> None:
         """Move every model to ``device`` in ``dtype`` (or keep them on the CPU until each one runs),
         then apply the speed options that depend on the device."""
-        self.device, self.dtype = torch.device(device), dtype
         if dtype != torch.float32:
             self.pipeline.to(dtype=dtype)
-        if cpu_offload and self.device.type != "cpu":
-            self.pipeline.enable_model_cpu_offload(device=self.device)
+        if cpu_offload and torch.device(device).type != "cpu":
+            self.pipeline.enable_model_cpu_offload(device=device)
         else:
-            self.pipeline.to(self.device)
-        self.active = self.speed.resolve(self.device)
+            self.pipeline.to(device)
+        self.use(device, dtype)
         if self.active.channels_last:
             for model in (self.pipeline.unet, self.pipeline.controlnet, self.pipeline.vae):
                 model.to(memory_format=torch.channels_last)
         if self.active.compile:
             self.compile_models(self.active.compile_mode)
+
+    def use(self, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+        """Decode on ``device`` with inputs in ``dtype``, the models left where their owner put them
+        (``place`` moves them; training's validation images use its modules in place)."""
+        self.device, self.dtype = torch.device(device), dtype
+        self.active = self.speed.resolve(self.device)
 
     def compile_models(self, mode: str = "default", dynamic: bool | None = None, backend: str = "inductor") -> None:
         """``torch.compile`` UNet and ControlNet in place; each compiles at its first call per input size."""

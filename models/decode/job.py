@@ -21,7 +21,6 @@ written.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -31,18 +30,15 @@ from PIL import Image
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from models.bitstream import SEM_SUFFIX, BitstreamError, read_sem
+from models.bitstream import BitstreamError, read_sem
 from models.config import Config
-from models.decode.decoder import PRECISIONS, ControlNetDecoder, check_label_map, form_batches, image_seed
-from models.imageio import (DEFAULT_MAX_PIXELS, atomic_save_image, atomic_write_json, is_image_name, read_json,
-                            walk_files)
-from models.palettes import label_map_from_pil
-from models.runtime import DeviceSpec, gather_objects, library_versions, prediction_trainer, print_job_report
+from models.decode.decoder import ControlNetDecoder, check_label_map, form_batches, image_seed
+from models.imageio import ImageReadError, atomic_save_image, atomic_write_json, is_image_name, read_json, read_label_map, walk_files
+from models.layout import SEM_SUFFIX, RankRecords, read_consistently, read_prompts, stem_key
+from models.runtime import PRECISIONS, DeviceSpec, gather_objects, library_versions, prediction_trainer, print_job_report
 from models.semantic_code import SemanticCode
 
 MANIFEST_FILE = "manifest.json"
-PARTIAL_PATTERN = ".manifest.rank*.jsonl"
-PROMPTS_FILE = "prompts.json"
 
 
 class InputError(Exception):
@@ -70,16 +66,9 @@ def read_semantic_code(path: Path, caption: str | None, missing_caption: str = "
     if caption is None and missing_caption == "error":
         raise InputError("no caption for it in the prompts file")
     try:
-        with Image.open(path) as image:
-            if image.width * image.height > DEFAULT_MAX_PIXELS:
-                raise InputError(f"{image.width}x{image.height} label map exceeds {DEFAULT_MAX_PIXELS} pixels")
-            label_map = label_map_from_pil(image)
-    except InputError:
-        raise
-    except ValueError as error:  # a colour image, or 16-bit values beyond 255
-        raise InputError(str(error)) from None
-    except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-        raise InputError(f"unreadable label map ({error})") from None
+        label_map = read_label_map(path)
+    except ImageReadError as error:
+        raise InputError(error.reason) from None
     return SemanticCode(label_map, caption or "")
 
 
@@ -97,8 +86,8 @@ def _read_sem_code(path: Path, caption: str | None, missing_caption: str) -> Sem
 
 def sem_shadowed(relpaths: list[str]) -> set[str]:
     """Label-map images that have a ``.sem`` file of the same path and stem: the code is decoded."""
-    sem_stems = {_stem(r) for r in relpaths if r.lower().endswith(SEM_SUFFIX)}
-    return {r for r in relpaths if not r.lower().endswith(SEM_SUFFIX) and _stem(r) in sem_stems}
+    sem_stems = {stem_key(r) for r in relpaths if r.lower().endswith(SEM_SUFFIX)}
+    return {r for r in relpaths if not r.lower().endswith(SEM_SUFFIX) and stem_key(r) in sem_stems}
 
 
 class Captions:
@@ -107,7 +96,7 @@ class Captions:
     def __init__(self, prompts: dict[str, str]):
         self.by_stem: dict[str, list[str]] = {}
         for key in prompts:
-            self.by_stem.setdefault(_stem(key), []).append(key)
+            self.by_stem.setdefault(stem_key(key), []).append(key)
         self.by_name: dict[str, list[str]] = {}  # for keys written without folders
         for key in prompts:
             if "/" not in key:
@@ -116,28 +105,21 @@ class Captions:
 
     def get(self, relpath: str) -> str | None:
         """The caption for the label map at ``relpath`` (same path and stem), or None."""
-        keys = self.by_stem.get(_stem(relpath)) or self.by_name.get(PurePosixPath(relpath).stem, [])
+        keys = self.by_stem.get(stem_key(relpath)) or self.by_name.get(PurePosixPath(relpath).stem, [])
         if len(keys) > 1:
             raise InputError(f"several captions match it ({', '.join(sorted(keys))})")
         return self.prompts[keys[0]] if keys else None
 
 
-def _stem(relpath: str) -> str:
-    return str(PurePosixPath(relpath).with_suffix(""))
-
-
-def read_prompts(path: Path) -> Captions:
-    """The prompts file: a JSON object {relative image path: caption}; raises ValueError if not."""
+def read_captions(path: Path) -> Captions:
+    """The captions of a prompts file (``ValueError`` naming the file if it is missing or malformed)."""
     try:
-        prompts = read_json(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    if prompts is None:
-        raise ValueError(f"prompts file not found: {path} (give --prompt_json_path, or set "
-                         f"decode.missing_caption=empty to decode without captions)")
-    if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
-        raise ValueError(f"{path}: expected a JSON object {{relative image path: caption}}")
-    return Captions(prompts)
+        return Captions(read_prompts(path))
+    except ValueError as error:
+        if path.exists():
+            raise
+        raise ValueError(f"{error} (give --prompt_json_path, or set decode.missing_caption=empty "
+                         f"to decode without captions)") from None
 
 
 @dataclass(frozen=True)
@@ -153,7 +135,7 @@ class DecodeItem:
 
     @property
     def output_relpath(self) -> str:
-        return str(PurePosixPath(self.relpath).with_suffix(".png"))
+        return stem_key(self.relpath) + ".png"
 
     def record(self) -> dict[str, Any]:
         """This image's manifest entry."""
@@ -207,7 +189,7 @@ def plan_decode(input_dir: Path, captions: Captions, decoder: ControlNetDecoder,
 def _plan_item(path: Path, relpath: str, caption: str | None, decoder: ControlNetDecoder, config: Config,
                claimed: dict[str, str]) -> DecodeItem:
     """One checked input (its label map is read and validated, then dropped)."""
-    output = str(PurePosixPath(relpath).with_suffix(".png"))
+    output = stem_key(relpath) + ".png"
     if output in claimed:
         raise InputError(f"its output {output} would overwrite the one of {claimed[output]}; rename one")
     claimed[output] = relpath
@@ -216,7 +198,7 @@ def _plan_item(path: Path, relpath: str, caption: str | None, decoder: ControlNe
         check_label_map(code.label_map, decoder.spec.num_classes)
     except ValueError as error:
         raise InputError(str(error)) from None
-    seed = code.seed if code.seed is not None else image_seed(config.decode.seed, _stem(relpath))
+    seed = code.seed if code.seed is not None else image_seed(config.decode.seed, stem_key(relpath))
     return DecodeItem(relpath=relpath, path=path, caption=code.caption, seed=seed,
                       size=(code.width, code.height), generation_size=decoder.generation_size(code.width, code.height))
 
@@ -239,32 +221,20 @@ class SettingsMismatch(ValueError):
     """The output folder holds images decoded with other settings."""
 
 
+def manifest_records(output_dir: Path) -> RankRecords:
+    """The per-process manifest records of a decoding job writing into ``output_dir``."""
+    return RankRecords(output_dir, "manifest")
+
+
 def read_manifest(output_dir: Path) -> dict[str, Any]:
-    """The manifest with any per-process partial records folded in (later records win).
-
-    Rank 0 may be folding the partial files into the manifest while another process reads
-    (processes started together by an external launcher): it writes the manifest before it
-    deletes a partial file, so a partial file that vanishes means the manifest now holds it, and
-    reading again gives the same records.
-    """
-    for _ in range(100):
-        try:
-            return _read_manifest_once(output_dir)
-        except FileNotFoundError:
-            continue
-    raise RuntimeError(f"{output_dir}: the manifest kept changing while it was read")
-
-
-def _read_manifest_once(output_dir: Path) -> dict[str, Any]:
-    manifest = read_json(output_dir / MANIFEST_FILE, default=None) or {"settings": None, "images": {}}
-    for partial in sorted(output_dir.glob(PARTIAL_PATTERN)):
-        for line in partial.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
+    """The manifest with any per-process records folded in (later records win)."""
+    def read() -> dict[str, Any]:
+        manifest = read_json(output_dir / MANIFEST_FILE, default=None) or {"settings": None, "images": {}}
+        for record in manifest_records(output_dir).read():
+            if isinstance(record.get("output"), str):
                 manifest["images"][record.pop("output")] = record
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-                continue  # a line cut short by an interruption
-    return manifest
+        return manifest
+    return read_consistently(read)
 
 
 def prepare_output(output_dir: Path, settings: dict, skip_existing: bool, is_rank_zero: bool) -> set[str]:
@@ -288,8 +258,7 @@ def write_manifest(output_dir: Path, settings: dict, images: dict[str, dict]) ->
     software = library_versions("torch", "diffusers", "transformers")
     atomic_write_json(output_dir / MANIFEST_FILE,
                       {"settings": settings, "images": dict(sorted(images.items())), "software": software})
-    for partial in output_dir.glob(PARTIAL_PATTERN):
-        partial.unlink()
+    manifest_records(output_dir).remove()
 
 
 def _only(batches: list) -> Any:
@@ -348,29 +317,16 @@ class DecodeWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
                            batch_idx, dataloader_idx=0) -> None:
-        lines = []
+        records = []
         for record in prediction:
             item = record["item"]
             if "error" in record:
                 self.failures[item.relpath] = record["error"]
                 continue
             atomic_save_image(Image.fromarray(record["image"]), self.output_dir / item.output_relpath)
-            lines.append(json.dumps({"output": item.output_relpath, **item.record()}, ensure_ascii=False))
+            records.append({"output": item.output_relpath, **item.record()})
             self.decoded += 1
-        append_lines(self.output_dir / f".manifest.rank{trainer.global_rank}.jsonl", lines)
-
-
-def append_lines(path: Path, lines: list[str]) -> None:
-    """Append text lines, first ending a line that an interruption left unfinished."""
-    if not lines:
-        return
-    with open(path, "ab") as handle:
-        if handle.tell() > 0:
-            with open(path, "rb") as existing:
-                existing.seek(-1, 2)
-                if existing.read(1) != b"\n":
-                    handle.write(b"\n")
-        handle.write(("\n".join(lines) + "\n").encode("utf-8"))
+        manifest_records(self.output_dir).append(trainer.global_rank, records)
 
 
 @dataclass

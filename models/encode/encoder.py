@@ -9,9 +9,9 @@ from PIL import Image
 from models.encode.captioning import BlipCaptioner
 from models.config import Config
 from models.encode.segmentation import DeepLabV3Plus, load_segmenter
+from models.runtime import PRECISIONS
 from models.semantic_code import SemanticCode
 
-PRECISIONS = {"32": torch.float32, "16": torch.float16, "bf16": torch.bfloat16}
 
 
 class SemanticEncoder:

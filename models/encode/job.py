@@ -20,8 +20,6 @@ communication, and each item is written by exactly one process.
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,19 +28,15 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from models.bitstream import SEM_SUFFIX, write_sem
-from models.config import DEFAULT_CONFIG_PATH, Config
-from models.encode.encoder import PRECISIONS, SemanticEncoder
-from models.imageio import (ImageReadError, InputFile, atomic_save_image, atomic_write_json,
-                            is_image_name, read_json, read_rgb, walk_files)
+from models.bitstream import write_sem
+from models.config import Config
+from models.encode.encoder import SemanticEncoder
+from models.imageio import ImageReadError, InputFile, atomic_save_image, is_image_name, read_rgb, walk_files
+from models.layout import (ENCODE_FORMATS, PROMPTS_FILE, RankRecords, label_map_relpath, read_consistently,
+                           read_prompts, sem_relpath, write_prompts)
 from models.palettes import label_map_to_pil
-from models.runtime import (DeviceSpec, add_device_arguments, gather_objects, prediction_trainer,
-                            print_job_report)
+from models.runtime import PRECISIONS, DeviceSpec, gather_objects, prediction_trainer, print_job_report
 from models.semantic_code import SemanticCode
-
-PROMPTS_FILE = "prompts.json"
-PARTIAL_PATTERN = ".prompts.rank*.jsonl"
-OUTPUT_FORMATS = ("both", "sem", "png")
 
 
 @dataclass(frozen=True)
@@ -54,9 +48,9 @@ class OutputSpec:
     seed: int | None = None  # decoding seed stored in every .sem file
 
     def __post_init__(self) -> None:
-        if self.format not in OUTPUT_FORMATS:
+        if self.format not in ENCODE_FORMATS:
             raise ValueError(f"unknown output format {self.format!r}; "
-                             f"choose one of {OUTPUT_FORMATS}")
+                             f"choose one of {ENCODE_FORMATS}")
         if self.grid is not None and self.grid < 1:
             raise ValueError(f"--grid must be at least 1, got {self.grid}")
         if self.seed is not None and not 0 <= self.seed < 2**64:
@@ -73,12 +67,17 @@ class OutputSpec:
 
 def label_map_path(output_dir: Path, relpath: str) -> Path:
     """Where the label map of the input at ``relpath`` goes."""
-    return (output_dir / relpath).with_suffix(".png")
+    return output_dir / label_map_relpath(relpath)
 
 
 def sem_path(output_dir: Path, relpath: str) -> Path:
     """Where the ``.sem`` file of the input at ``relpath`` goes."""
-    return (output_dir / relpath).with_suffix(SEM_SUFFIX)
+    return output_dir / sem_relpath(relpath)
+
+
+def caption_records(output_dir: Path) -> RankRecords:
+    """The per-process caption files of an encoding job writing into ``output_dir``."""
+    return RankRecords(output_dir, "prompts")
 
 
 def is_done(relpath: str, output_dir: Path, outputs: OutputSpec, captions: dict[str, str]) -> bool:
@@ -99,16 +98,13 @@ class EncodePlan:
 
 
 def read_captions(output_dir: Path) -> dict[str, str]:
-    """Captions from ``prompts.json`` and any per-process partial files (later ones win)."""
-    captions = dict(read_json(output_dir / PROMPTS_FILE, default={}))
-    for partial in sorted(output_dir.glob(PARTIAL_PATTERN)):
-        for line in partial.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-                captions[record["image"]] = record["caption"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a line cut short by an interruption
-    return captions
+    """Captions from ``prompts.json`` and any per-process caption files (later ones win)."""
+    def read() -> dict[str, str]:
+        captions = read_prompts(output_dir / PROMPTS_FILE, required=False)
+        captions.update({record["image"]: record["caption"] for record in caption_records(output_dir).read()
+                         if isinstance(record.get("image"), str) and isinstance(record.get("caption"), str)})
+        return captions
+    return read_consistently(read)
 
 
 def plan_encode(input_dir: Path, output_dir: Path, overwrite: bool = False,
@@ -191,7 +187,7 @@ class EncodeWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
                            batch_idx, dataloader_idx=0) -> None:
-        lines = []
+        captions = []
         for record in prediction:
             if "error" in record:
                 self.failures[record["relpath"]] = record["error"]
@@ -208,30 +204,16 @@ class EncodeWriter(BasePredictionWriter):
             if self.outputs.writes_png:
                 atomic_save_image(label_map_to_pil(code.label_map),
                                   label_map_path(self.output_dir, record["relpath"]))
-                lines.append(json.dumps({"image": record["relpath"], "caption": code.caption},
-                                        ensure_ascii=False))
+                captions.append({"image": record["relpath"], "caption": code.caption})
             self.encoded += 1
-        self._append(trainer.global_rank, lines)
-
-    def _append(self, rank: int, lines: list[str]) -> None:
-        if not lines:
-            return
-        partial = self.output_dir / f".prompts.rank{rank}.jsonl"
-        with open(partial, "ab") as handle:
-            if handle.tell() > 0:  # an interrupted run may have left half a line
-                with open(partial, "rb") as existing:
-                    existing.seek(-1, 2)
-                    if existing.read(1) != b"\n":
-                        handle.write(b"\n")
-            handle.write(("\n".join(lines) + "\n").encode("utf-8"))
+        caption_records(self.output_dir).append(trainer.global_rank, captions)
 
 
 def merge_captions(output_dir: Path) -> dict[str, str]:
-    """Fold the partial caption files into ``prompts.json`` (atomically) and delete them."""
+    """Fold the per-process caption files into ``prompts.json`` (atomically) and delete them."""
     captions = read_captions(output_dir)
-    atomic_write_json(output_dir / PROMPTS_FILE, dict(sorted(captions.items())))
-    for partial in output_dir.glob(PARTIAL_PATTERN):
-        partial.unlink()
+    write_prompts(output_dir / PROMPTS_FILE, captions)
+    caption_records(output_dir).remove()
     return captions
 
 
@@ -270,33 +252,3 @@ def report(plan: EncodePlan, result: EncodeResult | None, output_dir: Path) -> i
     failures = {**plan.failures, **(result.failures if result is not None else {})}
     return print_job_report("encoded", result.encoded if result is not None else 0, len(plan.done),
                             failures, plan.ignored, "not an image file (by its extension)", output_dir)
-
-
-def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of every command that runs the encoder (process_input, prepare_data)."""
-    parser.add_argument("--config_path", default=str(DEFAULT_CONFIG_PATH), help="YAML config")
-    parser.add_argument("--segmentation_ckpt", default=None,
-                        help="DeepLabV3+ checkpoint (overrides segmentation.checkpoint)")
-    parser.add_argument("--batch_size", type=int, default=None, help="overrides encode.batch_size")
-    parser.add_argument("--num_workers", type=int, default=None, help="overrides encode.num_workers")
-    parser.add_argument("--max_pixels", type=int, default=None,
-                        help="refuse larger images (overrides encode.max_pixels)")
-    parser.add_argument("--allow_pickle", action="store_true",
-                        help="load a legacy segmentation checkpoint that needs pickle (trusted files only)")
-    parser.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="set any config value, e.g. --override segmentation.output_stride=8")
-    add_device_arguments(parser, gpu_flag="--gpus")
-
-
-def encoder_overrides(args: argparse.Namespace) -> list[str]:
-    """The config overrides implied by ``add_encoder_arguments``' flags, then the generic ones."""
-    overrides = []
-    if args.segmentation_ckpt is not None:
-        overrides.append(f"segmentation.checkpoint={Path(args.segmentation_ckpt).resolve()}")
-    for flag, key in (("batch_size", "encode.batch_size"), ("num_workers", "encode.num_workers"),
-                      ("max_pixels", "encode.max_pixels")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
-    if args.allow_pickle:
-        overrides.append("segmentation.allow_pickle=true")
-    return overrides + args.override

@@ -1,1 +1,9 @@
-"""Evaluation: metrics, evaluating folders of reconstructions, plots."""
+"""Evaluation: metrics, evaluating folders of reconstructions, plots.
+
+``METRIC_NAMES`` lives here, not in ``metrics``, so that ``evaluate.py --help`` lists them without
+importing torch.
+"""
+
+# Names a user can ask for; "semantic" yields sem_miou and sem_pixel_accuracy, "fid"/"kid" also
+# their patch variants.
+METRIC_NAMES = ("psnr", "ssim", "ms_ssim", "lpips", "dists", "clip_score", "semantic", "fid", "kid")

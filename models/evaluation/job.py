@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -27,17 +26,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from models.bitstream import SEM_SUFFIX, BitstreamError, read_sem
+from models.bitstream import BitstreamError, read_sem
 from models.config import Config
-from models.imageio import ImageReadError, atomic_write_bytes, atomic_write_json, read_rgb
 from models.evaluation.metrics import ImagePair, MetricSuite
-from models.palettes import label_map_from_pil
-from models.layout import StemIndex, bitstream_index, has_sem_files, index_by_stem, pair_by_stem, stem_key
+from models.imageio import (RESIZE_FILTERS, ImageReadError, atomic_write_bytes, atomic_write_json, read_label_map,
+                            read_rgb)
+from models.layout import (SEM_SUFFIX, StemIndex, bitstream_index, has_sem_files, index_by_stem, pair_by_stem,
+                           read_prompts, stem_key)
 from models.rate import bits_per_pixel
 
-RESIZE_FILTERS = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC,
-                  "bilinear": Image.Resampling.BILINEAR}
-LOWER_IS_BETTER = {"lpips", "dists", "fid", "kid", "fid_patch", "kid_patch", "bpp"}
 
 
 @dataclass
@@ -53,11 +50,7 @@ class EvaluationInputs:
 
 def load_captions(path: str | Path) -> dict[str, str]:
     """Captions from a prompts.json ({relative image path: caption}), by key."""
-    with open(path, encoding="utf-8") as handle:
-        captions = json.load(handle)
-    if not isinstance(captions, dict) or not all(isinstance(v, str) for v in captions.values()):
-        raise ValueError(f"{path}: expected a JSON object mapping image paths to captions")
-    return {stem_key(relpath): caption for relpath, caption in captions.items()}
+    return {stem_key(relpath): caption for relpath, caption in read_prompts(path).items()}
 
 
 def label_map_index(label_dir: str | Path) -> StemIndex:
@@ -86,11 +79,7 @@ def read_transmitted_label_map(path: str | Path) -> np.ndarray:
             return read_sem(path).label_map
         except BitstreamError as error:
             raise ImageReadError(path, str(error).removeprefix(f"{path}: ")) from None
-    try:
-        with Image.open(path) as image:
-            return label_map_from_pil(image)
-    except (OSError, ValueError) as error:
-        raise ImageReadError(path, f"not a label map ({error})") from None
+    return read_label_map(path)
 
 
 def align_to_truth(prediction: Image.Image, size: tuple[int, int], resize_filter: str = "lanczos",
@@ -256,23 +245,6 @@ def summary(result: RunResult) -> dict:
         "unmatched_predictions": result.unmatched_predictions,
         "ambiguous": result.ambiguous,
     }
-
-
-def format_table(header: list[str], rows: list[list]) -> str:
-    """A plain-text table with aligned columns."""
-    cells = [header] + [[_cell(value) for value in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in cells]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
-    return str(value)
 
 
 # --- several methods against one ground truth ---------------------------------------------------

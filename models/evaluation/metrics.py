@@ -40,9 +40,6 @@ from torch import nn
 
 from models.config import Config, EvaluateConfig, SegmentationConfig
 
-# Names a user can ask for; "semantic" yields sem_miou and sem_pixel_accuracy, "fid"/"kid" also
-# their patch variants.
-METRIC_NAMES = ("psnr", "ssim", "ms_ssim", "lpips", "dists", "clip_score", "semantic", "fid", "kid")
 SSIM_WINDOW = 11  # torchmetrics' Gaussian window for sigma 1.5: 2 * int(3.5 * 1.5 + 0.5) + 1
 MS_SSIM_MIN_SIDE = 161  # five scales of an 11-pixel window: (11 - 1) * 2 ** 4 < side
 

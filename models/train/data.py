@@ -35,12 +35,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from models.config import Config
 from models.decode.control import control_tensor, resize_label_map
-from models.imageio import ImageReadError, is_image_name, read_json, read_rgb, walk_files
-from models.palettes import label_map_from_pil
+from models.imageio import ImageReadError, is_image_name, read_label_map, read_rgb, walk_files
+from models.layout import PROMPTS_FILE, label_map_relpath, read_prompts
 from models.runtime import is_global_zero
 
-SPLITS = ("train", "val", "test")
-PROMPTS_FILE = "prompts.json"
 EXAMPLES_SHOWN = 3  # file names printed per kind of problem
 SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that turn the image by 90 degrees
 AUGMENT_STREAM = 0  # derived_seed(seed, stream, draw): crop/flip here, noise in the module
@@ -91,11 +89,11 @@ def read_split_captions(data_root: Path, split: str) -> dict[str, str]:
     """Captions of ``split`` keyed by path relative to ``original_images/<split>/``."""
     segmented = data_root / "segmented_images"
     captions = {}
-    for key, caption in (read_json(segmented / PROMPTS_FILE, default={}) or {}).items():
+    for key, caption in read_prompts(segmented / PROMPTS_FILE, required=False).items():
         head, _, rel = key.partition("/")
         if head == split and rel:
             captions[rel] = caption
-    captions.update(read_json(segmented / split / PROMPTS_FILE, default={}) or {})
+    captions.update(read_prompts(segmented / split / PROMPTS_FILE, required=False))
     return captions
 
 
@@ -110,7 +108,7 @@ def index_split(data_root: str | Path, split: str, check_headers: bool = True) -
                   if f.relpath.endswith(".png")} if label_dir.is_dir() else {}
     matched_maps: set[str] = set()
     for relpath, image_path in images.items():
-        label_rel = Path(relpath).with_suffix(".png").as_posix()
+        label_rel = label_map_relpath(relpath)
         if not is_image_name(relpath):
             index.skip("files that are not images (by extension)", relpath)
         elif label_rel in matched_maps:  # a.jpg and a.png: one label map, which image is it?
@@ -227,8 +225,7 @@ class LabelMapDataset(Dataset):
         """One sample; ``draw`` >= 0 seeds its random crop and flip."""
         options = self.options
         image = read_rgb(pair.image_path)
-        with Image.open(pair.label_map_path) as label_image:
-            label_map = label_map_from_pil(label_image)
+        label_map = read_label_map(pair.label_map_path)
         if label_map.shape != (image.height, image.width):
             raise ValueError(f"label map is {label_map.shape[1]}x{label_map.shape[0]}, "
                              f"image is {image.width}x{image.height}")

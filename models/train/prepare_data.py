@@ -34,24 +34,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from models.cli import add_encoder_arguments, config_from_args
+from models.config import Config, ConfigError
 from models.encode.captioning import BlipCaptioner
-from models.config import Config, ConfigError, load_config
-from models.encode.job import (PARTIAL_PATTERN, PROMPTS_FILE, ImageFiles, add_encoder_arguments,
-                               encoder_overrides, label_map_path,
-                               merge_captions, plan_encode, read_captions, run_encode)
-from models.encode.encoder import PRECISIONS
-from models.imageio import (ImageReadError, InputFile, atomic_path, atomic_save_image,
-                            atomic_write_json, is_image_name,
-                            read_json, read_rgb, walk_files)
-from models.palettes import NUM_VOC_CLASSES, VOID_LABEL, label_map_from_pil, label_map_to_pil
-from models.runtime import DeviceSpec, is_global_zero, resolve_devices
+from models.encode.job import (ImageFiles, caption_records, label_map_path, merge_captions, plan_encode,
+                               read_captions, run_encode)
 from models.encode.segmentation import CheckpointError
+from models.imageio import (ImageReadError, InputFile, atomic_path, atomic_save_image, atomic_write_json,
+                            is_image_name, read_json, read_label_map, read_rgb, walk_files)
+from models.layout import PROMPTS_FILE, SPLITS, write_prompts
+from models.palettes import NUM_VOC_CLASSES, VOID_LABEL, label_map_to_pil
+from models.runtime import PRECISIONS, DeviceSpec, is_global_zero, resolve_devices
 
-SPLITS = ("train", "val", "test")
 MANIFEST_FILE = "prepare_data.json"
 LINK_MODES = ("hard", "symbolic", "copy")
 # Errors of os.link that mean "this file system cannot hard-link here", not "bad input".
@@ -199,14 +196,7 @@ def link_file(source: Path, target: Path, mode: str) -> str:
 
 def read_class_map(path: Path, size: tuple[int, int]) -> np.ndarray:
     """A VOC ground-truth class map (ids 0..20, 255 void) of the given (width, height)."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            label_map = label_map_from_pil(image)
-    except FileNotFoundError:
-        raise ImageReadError(path, "ground-truth mask not found") from None
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ImageReadError(path, f"unreadable ground-truth mask ({error})") from None
+    label_map = read_label_map(path, max_pixels=None, what="ground-truth mask")
     if label_map.shape != (size[1], size[0]):
         raise ImageReadError(path, f"mask is {label_map.shape[1]}x{label_map.shape[0]}, "
                                    f"its image {size[0]}x{size[1]}")
@@ -315,7 +305,7 @@ def caption_split(captioner: BlipCaptioner, split: str, todo: list[SourceItem],
                 preparer.fail(split, record["relpath"], record["error"])
         new = captioner.caption([record["image"] for record in good])
         captions.update({record["relpath"]: caption for record, caption in zip(good, new)})
-        atomic_write_json(output_dir / PROMPTS_FILE, dict(sorted(captions.items())))
+        write_prompts(output_dir / PROMPTS_FILE, captions)
         preparer.counts[split].captions += len(new)
 
 
@@ -350,7 +340,7 @@ def encode_predicted(preparer: Preparer, config: Config, spec: DeviceSpec) -> bo
         for relpath, reason in plan.failures.items():
             preparer.fail(split, relpath, reason)
         if not plan.todo:
-            if is_global_zero() and any(output_dir.glob(PARTIAL_PATTERN)):
+            if is_global_zero() and caption_records(output_dir).files():
                 merge_captions(output_dir)
             continue
         result = run_encode(plan, config, spec, output_dir)
@@ -464,7 +454,7 @@ def prepare(args: argparse.Namespace) -> int:
             raise ValueError(f"found no images to prepare in {source_dir}")
         settings = source_settings(args, source_dir, label_source)
         check_manifest(data_root, settings)
-        config = load_config(args.config_path, encoder_overrides(args))
+        config = config_from_args(args)
         spec = resolve_devices(args)
     except (ValueError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
