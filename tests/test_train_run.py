@@ -7,6 +7,7 @@ import pytest
 import torch
 from diffusers import ControlNetModel
 
+import process_decoding
 import train
 from models.config import load_config
 from models.decode.stable_diffusion import load_sd_components
@@ -44,9 +45,34 @@ def test_ddp_on_two_cpu_processes_writes_one_checkpoint_and_one_export(tiny_conf
     with open(next((run / "logs/csv").glob("version_*/metrics.csv"))) as handle:
         rows = list(csv.DictReader(handle))
     assert len([r for r in rows if r.get("val/loss")]) == 2 and any(r.get("train/loss") for r in rows)
-    assert sorted(p.name for p in (run / "validation").iterdir()) == ["step-0000003.png", "step-0000006.png"]
+    assert sorted(p.name for p in (run / "validation").iterdir()) == [
+        "step-0000003", "step-0000003.png", "step-0000006", "step-0000006.png"]
+    assert len(list((run / "validation/step-0000006").iterdir())) == 2  # train.num_validation_images
     assert load_config(run / "config.yaml").train.max_steps == 6
     assert any((run / "logs/tensorboard").glob("version_*/events.*"))
+
+
+def test_validation_images_are_what_process_decoding_writes(tiny_config, tmp_path):
+    """The validation images of a short run equal process_decoding.py's output for the exported
+    weights with the same captions, seeds and settings; the untrained ControlNet gives others."""
+    data = tmp_path / "data"
+    write_shapes_dataset(data, {"train": 4, "val": 2}, size=64, seed=1)
+    settings = ["--config_path", str(tiny_config), "--accelerator", "cpu", "--override", "decode.seed=7",
+                "--override", "decode.num_inference_steps=3", "--override", "decode.guidance_scale=2.5"]
+    assert train.main(settings + ["--data_root", str(data), "--output_dir", str(tmp_path / "run"), "--devices", "1",
+                                  "--max_steps", "2", "--batch_size_per_gpu", "2", "--learning_rate", "1e-3",
+                                  "--override", "train.warmup_steps=0", "--override", "train.val_every_n_steps=2",
+                                  "--override", "train.validation_inference_steps=null", "--no_progress_bar"]) == 0
+    validation = sorted((tmp_path / "run/validation/step-0000002").iterdir())
+    assert [path.name for path in validation] == ["shape_00000.png", "shape_00001.png"]
+    for checkpoint, output in ((tmp_path / "run/controlnet", "decoded"),
+                               (load_config(tiny_config).diffusion.controlnet_path, "untrained")):
+        assert process_decoding.main(settings + ["--checkpoint_path", str(checkpoint), "--output_dir",
+                                                 str(tmp_path / output), "--input_path",
+                                                 str(data / "segmented_images/val")]) == 0
+    for path in validation:
+        assert path.read_bytes() == (tmp_path / "decoded" / path.name).read_bytes()
+        assert path.read_bytes() != (tmp_path / "untrained" / path.name).read_bytes()
 
 
 def _common(tiny_config, shapes_data):

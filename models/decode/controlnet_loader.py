@@ -15,7 +15,8 @@ Original-format files carry weights but no architecture. The architecture of a C
 of its UNet's encoder half, so it is taken from the base UNet (``diffusion.sd_model_path``) and
 the conditioning layers' shapes in the file; diffusers' single-file loader then converts the
 weights offline. A full ControlLDM file also carries its UNet (``model.diffusion_model.*``): that
-UNet is converted too and replaces the base weights, in case training unlocked it.
+UNet is converted too and replaces the base weights, in case training unlocked it. The first two
+formats are our own; ``models.decode.checkpoint_format`` writes and reads them.
 """
 
 from __future__ import annotations
@@ -30,22 +31,16 @@ from typing import Any
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-from models.config import Config
-from models.decode.control import CONDITIONING_MODES
+from models.config import CONDITIONING_MODES, Config
+from models.decode.checkpoint_format import (EXPORT_METADATA, TRAINING_KEY, CheckpointFormatError, build_controlnet,
+                                             read_export, read_state_file, read_training_checkpoint)
 
-EXPORT_METADATA = "semantic_compression.json"
-EXPORT_UNET_WEIGHTS = "unet_trainable.safetensors"
-TRAINING_KEY = "semantic_compression"
 ORIGINAL_CONTROL_PREFIX = "control_model."
 ORIGINAL_UNET_PREFIX = "model.diffusion_model."
 # Public ControlNets trained on ADE20K-coloured segmentation maps, recognised by name: they get
 # the ADE20K palette, control images in [0, 1] and the image's aspect ratio by default.
 PUBLIC_ADE20K_CONTROLNETS = ("sd-controlnet-seg", "control_sd15_seg", "control_v11p_sd15_seg")
 FORMATS = ("training", "export", "diffusers", "original")
-
-
-class CheckpointFormatError(ValueError):
-    """--checkpoint_path is missing, of the wrong kind, or does not fit the base model."""
 
 
 @dataclass
@@ -98,11 +93,7 @@ def _load_folder(folder: Path) -> ControlNetSource:
     source = _load_diffusers(str(folder))
     if (folder / EXPORT_METADATA).is_file():
         source.format = "export"
-        source.metadata = json.loads((folder / EXPORT_METADATA).read_text(encoding="utf-8"))
-        if (folder / EXPORT_UNET_WEIGHTS).is_file():
-            from safetensors.torch import load_file
-
-            source.unet_weights = load_file(folder / EXPORT_UNET_WEIGHTS)
+        source.metadata, source.unet_weights = read_export(folder)
     return source
 
 
@@ -113,44 +104,6 @@ def _load_diffusers(name_or_path: str) -> ControlNetSource:
         raise CheckpointFormatError(
             f"{name_or_path}: cannot load a diffusers ControlNet ({str(error).splitlines()[0]})") from None
     return ControlNetSource(controlnet=controlnet, format="diffusers", path=name_or_path)
-
-
-def read_state_file(path: Path, allow_pickle: bool = False) -> dict[str, Any]:
-    """A checkpoint file as a dict: safetensors, or torch.load with weights_only unless allowed."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except Exception as error:  # safetensors raises its own error type for bad headers
-            raise CheckpointFormatError(f"{path}: not a readable safetensors file ({error})") from None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle, mmap=True)
-    except RuntimeError:  # not a zip archive: legacy files cannot be memory-mapped
-        checkpoint = _torch_load_unmapped(path, allow_pickle)
-    except Exception as error:  # noqa: BLE001 - unpickling raises anything; report one line
-        raise _load_error(path, error, allow_pickle) from None
-    if not isinstance(checkpoint, dict):
-        raise CheckpointFormatError(f"{path}: holds a {type(checkpoint).__name__}, not a dict of weights")
-    return checkpoint
-
-
-def _torch_load_unmapped(path: Path, allow_pickle: bool) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as error:  # noqa: BLE001
-        raise _load_error(path, error, allow_pickle) from None
-
-
-def _load_error(path: Path, error: Exception, allow_pickle: bool) -> CheckpointFormatError:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-    unsupported = [line[line.index("Unsupported"):].split(" was not ", 1)[0] for line in lines
-                   if "Unsupported" in line]
-    if not allow_pickle and unsupported and unsupported[0].startswith("Unsupported global"):
-        return CheckpointFormatError(
-            f"{path}: refused by safe loading, it needs pickle ({unsupported[0]}); if you trust the "
-            f"file, pass --allow_pickle")
-    return CheckpointFormatError(f"{path}: not a readable checkpoint ({(unsupported or lines)[0]})")
 
 
 def _load_file(path: Path, base_unet: UNet2DConditionModel, allow_pickle: bool) -> ControlNetSource:
@@ -185,35 +138,9 @@ def _describe_keys(checkpoint: dict) -> str:
 
 def _from_training_checkpoint(path: Path, checkpoint: dict) -> ControlNetSource:
     """Our Lightning checkpoint: ControlNet (EMA copy when present) plus trained UNet weights."""
-    info, state = checkpoint[TRAINING_KEY], checkpoint.get("state_dict", {})
-    if info.get("format_version") != 1:
-        raise CheckpointFormatError(
-            f"{path}: training checkpoint format {info.get('format_version')!r}; this version reads 1")
-    prefix = "controlnet_ema." if any(k.startswith("controlnet_ema.") for k in state) else "controlnet."
-    weights = _strip(state, prefix)
-    if not weights:
-        raise CheckpointFormatError(f"{path}: training checkpoint without '{prefix}*' weights")
-    controlnet = ControlNetModel.from_config(info["controlnet_config"])
-    try:
-        controlnet.load_state_dict(weights, strict=True)
-    except RuntimeError as error:
-        raise CheckpointFormatError(f"{path}: ControlNet weights do not match its config ({error})") from None
-    config = info.get("config", {})
-    diffusion = config.get("diffusion", {})
-    metadata = {
-        "conditioning": diffusion.get("conditioning"), "palette": diffusion.get("palette"),
-        "num_classes": config.get("segmentation", {}).get("num_classes"),
-        "resolution": diffusion.get("resolution"), "sd_model_path": diffusion.get("sd_model_path"),
-        "ema": prefix == "controlnet_ema.",
-        "keep_aspect": config.get("train", {}).get("resize_mode", "crop") != "stretch",
-    }
-    return ControlNetSource(controlnet=controlnet.eval(), format="training", path=str(path),
-                            metadata={k: v for k, v in metadata.items() if v is not None},
-                            unet_weights=_strip(state, "unet."))
-
-
-def _strip(state: dict, prefix: str) -> dict[str, torch.Tensor]:
-    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    weights = read_training_checkpoint(checkpoint, path)
+    return ControlNetSource(controlnet=build_controlnet(weights, path), format="training", path=str(path),
+                            metadata=weights.metadata, unet_weights=weights.unet)
 
 
 def _from_original(path: Path, state: dict, base_unet: UNet2DConditionModel) -> ControlNetSource:

@@ -9,56 +9,38 @@ loss is their mean squared error. Captions are dropped (replaced by "") with pro
 ``train.prompt_dropout`` so that classifier-free guidance (Ho and Salimans, 2022) works at
 decoding time.
 
-Checkpoints hold only what is trained (see docs/training.md for the contract with decoding):
-``state_dict`` has ``controlnet.*``, optionally ``unet.*`` (the unfrozen decoder half) and
-``controlnet_ema.*``; ``semantic_compression`` holds the ControlNet config and the project config.
-
-    python -m models.train.controlnet_module export RUN/checkpoints/step-0001000.ckpt OUT
-
-exports a checkpoint as a ``save_pretrained`` ControlNet folder (what ``train.py`` writes to
-``RUN/controlnet/`` at the end of training).
+Checkpoints hold only what is trained, in the format of ``models.decode.checkpoint_format``
+(docs/training.md, the contract with decoding), and ``export`` writes that module's export folder.
+Validation images are drawn by the decoder users get (``models.train.validation``).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import math
-import shutil
-import sys
-import tempfile
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from diffusers import ControlNetModel, DDIMScheduler
+from diffusers import ControlNetModel
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.optimization import get_scheduler
-from PIL import Image
-from pytorch_lightning.loggers import TensorBoardLogger
-from torchvision.utils import make_grid
 
-from models.config import Config, ConfigError, config_from_dict
+from models.config import Config, ConfigError
+from models.decode.checkpoint_format import TRAINING_KEY, TrainedWeights, controlnet_config_dict, training_record, write_export
 from models.decode.control import conditioning_channels
-from models.train.data import derived_seed
 from models.decode.stable_diffusion import SDComponents, load_sd_components
-from models.imageio import atomic_save_image
-from models.palettes import get_palette
+from models.train.data import derived_seed
 
-FORMAT_VERSION = 1
 NOISE_STREAM = 1  # derived_seed(seed, NOISE_STREAM, draw): latents, dropout, noise, timesteps
 INIT_STREAM = 2  # derived_seed(seed, INIT_STREAM): the ControlNet's freshly initialised layers
 HALF_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 UNET_DECODER_MODULES = ("up_blocks", "conv_norm_out", "conv_out")  # the UNet's decoder half
 LR_SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 HINT_CHANNELS = (16, 32, 96, 256)  # ControlNet's hint encoder widths for SD1.5 (VAE factor 8)
-EXPORT_INFO_FILE = "semantic_compression.json"
-UNET_EXPORT_FILE = "unet_trainable.safetensors"
 
 
 def check_train_config(config: Config) -> None:
@@ -96,7 +78,7 @@ def hint_channels(vae_scale_factor: int) -> tuple[int, ...]:
     return HINT_CHANNELS[:stages + 1]
 
 
-def build_controlnet(components: SDComponents, config: Config) -> ControlNetModel:
+def initial_controlnet(components: SDComponents, config: Config) -> ControlNetModel:
     """``diffusion.controlnet_path`` if set (fine-tuning), else a ControlNet copied from the UNet."""
     channels = conditioning_channels(config.diffusion.conditioning, config.segmentation.num_classes)
     path = config.diffusion.controlnet_path
@@ -117,28 +99,19 @@ def build_controlnet(components: SDComponents, config: Config) -> ControlNetMode
     return controlnet
 
 
-def controlnet_config_dict(controlnet: ControlNetModel) -> dict:
-    """The ControlNet's constructor arguments (``ControlNetModel(**it)`` rebuilds it)."""
-    return {key: list(value) if isinstance(value, tuple) else value
-            for key, value in controlnet.config.items() if not key.startswith("_")}
-
-
 class ControlNetModule(pl.LightningModule):
     """Frozen SD1.5 (VAE, CLIP text encoder, UNet) and a trainable ControlNet."""
 
-    def __init__(self, config: Config, components: SDComponents | None = None,
-                 run_dir: str | Path | None = None):
+    def __init__(self, config: Config, components: SDComponents | None = None):
         super().__init__()
         check_train_config(config)
         self.config = config
-        self.run_dir = Path(run_dir) if run_dir is not None else None
         components = components or load_sd_components(config.diffusion.sd_model_path)
         self.vae, self.text_encoder, self.unet = components.vae, components.text_encoder, components.unet
         self.tokenizer, self.noise_scheduler = components.tokenizer, components.scheduler
-        self.vae_scale_factor = components.vae_scale_factor
         with torch.random.fork_rng(devices=[]):  # the same initial weights in every run and rank
             torch.manual_seed(derived_seed(config.train.seed, INIT_STREAM))
-            self.controlnet = build_controlnet(components, config)
+            self.controlnet = initial_controlnet(components, config)
         self._freeze()
         self.controlnet_ema = (copy.deepcopy(self.controlnet).requires_grad_(False)
                                if config.train.ema_decay is not None else None)
@@ -179,6 +152,10 @@ class ControlNetModule(pl.LightningModule):
                               f"got {self.config.train.val_timesteps}")
         if self.noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"unsupported prediction type {self.noise_scheduler.config.prediction_type!r}")
+
+    def sd_components(self) -> SDComponents:
+        """The frozen SD1.5 components, as the decoder takes them (the module's own objects)."""
+        return SDComponents(self.vae, self.text_encoder, self.tokenizer, self.unet, self.noise_scheduler)
 
     def train(self, mode: bool = True) -> ControlNetModule:
         """Lightning switches everything to training mode; SD1.5 stays in eval mode."""
@@ -338,15 +315,10 @@ class ControlNetModule(pl.LightningModule):
             keys |= {f"controlnet_ema.{key}" for key in self.controlnet_ema.state_dict()}
         return keys
 
-    def checkpoint_metadata(self) -> dict:
-        """What rebuilds the model: ControlNet config, project config, EMA flag."""
-        return {"format_version": FORMAT_VERSION, "controlnet_config": controlnet_config_dict(self.controlnet),
-                "config": self.config.to_dict(), "ema": self.controlnet_ema is not None}
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["semantic_compression"] = self.checkpoint_metadata()
+        checkpoint[TRAINING_KEY] = training_record(self.controlnet, self.config, self.controlnet_ema is not None)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint whose trained parts differ from this module's (EMA, UNet half)."""
@@ -358,142 +330,13 @@ class ControlNetModule(pl.LightningModule):
                 f"{len(found - expected)} unexpected (e.g. {sorted(found - expected)[:2]}); "
                 f"train.unet_decoder and train.ema_decay must be as in the run that wrote it")
 
-    def export(self, output_dir: str | Path) -> Path:
-        """Write the ControlNet (EMA copy if any) as a ``save_pretrained`` folder plus metadata."""
+    def trained_weights(self) -> TrainedWeights:
+        """What an export holds: the ControlNet (its EMA copy if any) and the trained UNet half."""
         source = self.controlnet_ema if self.controlnet_ema is not None else self.controlnet
-        unet_state = {name: p.detach() for name, p in self.unet.named_parameters() if p.requires_grad}
-        return export_controlnet(output_dir, controlnet_config_dict(self.controlnet), source.state_dict(),
-                                 unet_state, self.config, self.global_step)
+        unet = {name: p.detach() for name, p in self.unet.named_parameters() if p.requires_grad}
+        return TrainedWeights(controlnet_config_dict(self.controlnet), source.state_dict(), unet,
+                              self.config.to_dict(), self.controlnet_ema is not None, self.global_step)
 
-    # ----- validation images ---------------------------------------------------------------------
-
-    @torch.no_grad()
-    def sample_images(self, control: torch.Tensor, captions: list[str], steps: int,
-                      guidance_scale: float, seed: int = 0) -> torch.Tensor:
-        """(B, 3, R, R) images in [0, 1] for (B, C, R, R) control images: DDIM (Song et al., 2021)
-        with classifier-free guidance, control applied to both branches as in diffusers."""
-        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config, clip_sample=False)
-        scheduler.set_timesteps(steps, device=self.device)
-        count, resolution = control.shape[0], control.shape[-1]
-        text = torch.cat([self.encode_text([""] * count), self.encode_text(list(captions))])
-        shape = (count, self.unet.config.in_channels, resolution // self.vae_scale_factor,
-                 resolution // self.vae_scale_factor)
-        latents = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
-        latents = latents * scheduler.init_noise_sigma
-        control = torch.cat([control, control]).to(self.device)
-        for t in scheduler.timesteps:
-            model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-            unconditional, conditional = self.predict(model_input, t, text, control).float().chunk(2)
-            guided = unconditional + guidance_scale * (conditional - unconditional)
-            latents = scheduler.step(guided, t, latents).prev_sample
-        images = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
-        return ((images.float() + 1) / 2).clamp(0, 1)
-
-    def on_validation_epoch_end(self) -> None:
-        """Rank 0 decodes the fixed validation maps and logs the grid (control | sample | photo)."""
-        train = self.config.train
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if not self.trainer.is_global_zero or not hasattr(datamodule, "validation_examples"):
-            return
-        examples = datamodule.validation_examples(train.num_validation_images)
-        if examples is None:
-            return
-        with self.trainer.precision_plugin.forward_context():
-            samples = self.sample_images(examples["control"], examples["caption"],
-                                         train.validation_inference_steps, train.validation_guidance_scale)
-        self.log_image_grid(examples, samples.cpu())
-
-    def log_image_grid(self, examples: dict, samples: torch.Tensor) -> None:
-        """Write the grid under ``run_dir/validation/`` and to TensorBoard."""
-        rows = [self.control_preview(examples["control"]), samples, (examples["pixel_values"] + 1) / 2]
-        grid = make_grid(torch.cat(rows), nrow=len(samples), padding=2)  # (3, H, W)
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("val/control_sample_photo", grid, self.global_step)
-        if self.run_dir is not None:
-            pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            atomic_save_image(Image.fromarray(pixels),
-                              self.run_dir / "validation" / f"step-{self.global_step:07d}.png")
-
-    def control_preview(self, control: torch.Tensor) -> torch.Tensor:
-        """(B, 3, R, R) in [0, 1]: palette control images as they are, one-hot ones coloured."""
-        if self.config.diffusion.conditioning == "palette":
-            return control.float()
-        label_map = torch.where(control.sum(1) > 0, control.argmax(1), 255)  # (B, R, R)
-        colors = torch.from_numpy(get_palette(self.config.diffusion.palette)).float() / 255
-        return colors[label_map].permute(0, 3, 1, 2)
-
-
-def export_controlnet(output_dir: str | Path, controlnet_config: dict, controlnet_state: dict,
-                      unet_state: dict, config: Config, global_step: int) -> Path:
-    """Write ``save_pretrained`` ControlNet + ``semantic_compression.json`` (+ UNet overlay)."""
-    from safetensors.torch import save_file
-
-    output_dir = Path(output_dir)
-    controlnet = ControlNetModel.from_config(controlnet_config)
-    controlnet.load_state_dict({k: v.float().cpu() for k, v in controlnet_state.items()})
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        controlnet.save_pretrained(staging, safe_serialization=True)
-        if unet_state:
-            save_file({k: v.float().cpu().contiguous() for k, v in unet_state.items()},
-                      str(staging / UNET_EXPORT_FILE))
-        info = {"conditioning": config.diffusion.conditioning, "palette": config.diffusion.palette,
-                "num_classes": config.segmentation.num_classes, "resolution": config.diffusion.resolution,
-                "keep_aspect": config.train.resize_mode != "stretch",
-                "sd_model_path": config.diffusion.sd_model_path, "format_version": FORMAT_VERSION,
-                "global_step": int(global_step), "unet_trainable": bool(unet_state)}
-        (staging / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output_dir
-
-
-def load_training_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint, loaded without unpickling code (``weights_only=True``)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    meta = checkpoint.get("semantic_compression") if isinstance(checkpoint, dict) else None
-    if not meta or meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: not a training checkpoint of this project (format {FORMAT_VERSION})")
-    return checkpoint
-
-
-def export_checkpoint(checkpoint_path: str | Path, output_dir: str | Path) -> Path:
-    """Export a training checkpoint's ControlNet (EMA weights when present)."""
-    checkpoint = load_training_checkpoint(checkpoint_path)
-    meta, state = checkpoint["semantic_compression"], checkpoint["state_dict"]
-    prefix = "controlnet_ema." if meta["ema"] else "controlnet."
-    controlnet_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    unet_state = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
-    return export_controlnet(output_dir, meta["controlnet_config"], controlnet_state, unet_state,
-                             config_from_dict(meta["config"]), checkpoint.get("global_step", 0))
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Export a training checkpoint as a ControlNet folder.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    export = commands.add_parser("export", help="checkpoint -> save_pretrained ControlNet folder",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    export.add_argument("checkpoint", help="a .ckpt written by train.py")
-    export.add_argument("output_dir", help="folder to write (replaced if it exists)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        output_dir = export_checkpoint(args.checkpoint, args.output_dir)
-    except (OSError, ValueError, KeyError) as error:
-        print(f"error: {args.checkpoint}: {error}", file=sys.stderr)
-        return 2
-    print(f"exported ControlNet to {output_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    def export(self, output_dir: str | Path) -> Path:
+        """Write the export folder (``models.decode.checkpoint_format``)."""
+        return write_export(output_dir, self.trained_weights())

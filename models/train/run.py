@@ -6,7 +6,8 @@ Run folder (``train.output_dir``), written by rank 0 only:
     checkpoints/step-NNNNNNN.ckpt  Lightning checkpoints (trainable weights + optimizer state)
     logs/tensorboard/version_K/    TensorBoard events (loss, learning rate, image grids)
     logs/csv/version_K/metrics.csv the same scalars as CSV
-    validation/step-NNNNNNN.png    image grids: control image | sample | photograph
+    validation/step-NNNNNNN/       the first validation label maps decoded as process_decoding.py would
+    validation/step-NNNNNNN.png    those in a grid: label map | decoded | photograph
     controlnet/                    the exported ControlNet (save_pretrained + metadata)
 
 ``--resume last`` continues from the newest ``step-*.ckpt``; a fresh run refuses a folder that
@@ -28,6 +29,7 @@ from pytorch_lightning.strategies import DDPStrategy
 from models.config import Config, save_config
 from models.train.controlnet_module import ControlNetModule
 from models.train.data import DecoderDataModule
+from models.train.validation import ValidationImages
 from models.decode.stable_diffusion import SDComponents
 from models.runtime import DeviceSpec, is_global_zero
 
@@ -55,6 +57,10 @@ class RunPaths:
     @property
     def controlnet(self) -> Path:
         return self.root / "controlnet"
+
+    @property
+    def validation(self) -> Path:
+        return self.root / "validation"
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:07d}.ckpt"
@@ -114,7 +120,7 @@ def build_trainer(config: Config, spec: DeviceSpec, paths: RunPaths, has_validat
         num_sanity_val_steps=0, log_every_n_steps=train.log_every_n_steps,
         logger=[TensorBoardLogger(paths.logs, name="tensorboard"), CSVLogger(paths.logs, name="csv")],
         callbacks=[periodic, FinalCheckpoint(paths, train.checkpoint_every_n_steps),
-                   LearningRateMonitor(logging_interval="step")],
+                   LearningRateMonitor(logging_interval="step"), ValidationImages(paths.validation)],
         use_distributed_sampler=False,  # EndlessShardSampler shards and resumes the data itself
         enable_progress_bar=progress_bar, default_root_dir=paths.root,
     )
@@ -142,7 +148,7 @@ def run_training(config: Config, spec: DeviceSpec, resume: str | None = None,
               f"x accumulation {config.train.accumulate_grad_batches} = "
               f"{spec.world_size * config.train.batch_size * config.train.accumulate_grad_batches} "
               f"images per step" + (f"; resuming from {resume_path}" if resume_path else ""))
-    module = ControlNetModule(config, components, run_dir=paths.root)
+    module = ControlNetModule(config, components)
     trainer = build_trainer(config, spec, paths, datamodule.val_dataset is not None, progress_bar)
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # frozen SD1.5
     if resume_path is not None:

@@ -1,0 +1,123 @@
+"""Validation images: what ``process_decoding.py`` makes of the validation label maps, during training.
+
+Every ``train.val_every_n_steps`` steps rank 0 decodes the first ``train.num_validation_images``
+validation label maps with their captions through the decoder users get
+(``models.decode.decoder.ControlNetDecoder``), wrapped around the module's own ControlNet and
+frozen SD1.5: the same sampler, control rendering, text encoding, seeds, batching and resizing as
+``process_decoding.py --input_path <data_root>/segmented_images/val`` with the run's config
+(``train.validation_inference_steps`` and ``train.validation_guidance_scale`` replace the decode
+section's step count and guidance when set). So ``validation/step-NNNNNNN/<rel>.png`` is that
+script's output for these weights, and ``validation/step-NNNNNNN.png`` shows each map, its
+decoding and the photograph in a column (also logged to TensorBoard).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from PIL import Image
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from models.config import Config
+from models.decode.checkpoint_format import control_metadata
+from models.decode.controlnet_loader import ControlNetSource, resolve_control_spec
+from models.decode.decoder import ControlNetDecoder, SamplerSettings, SpeedOptions, image_seed
+from models.imageio import atomic_save_image, read_label_map, read_rgb
+from models.layout import stem_key
+from models.palettes import colorize
+from models.semantic_code import SemanticCode
+
+GRID_PADDING = 2  # white pixels between the cells of the grid
+GRID_FILTERS = (Image.Resampling.NEAREST, Image.Resampling.LANCZOS, Image.Resampling.LANCZOS)  # per grid row
+
+
+def validation_sampler(config: Config) -> SamplerSettings:
+    """The decode section's sampler, with the validation step count and guidance when set."""
+    train, sampler = config.train, SamplerSettings.from_config(config.decode)
+    if train.validation_inference_steps is not None:
+        sampler = replace(sampler, num_inference_steps=train.validation_inference_steps)
+    if train.validation_guidance_scale is not None:
+        sampler = replace(sampler, guidance_scale=train.validation_guidance_scale)
+    return sampler
+
+
+def training_decoder(module: pl.LightningModule) -> ControlNetDecoder:
+    """A decoder on the module's own components (no copies: it sees the weights as they train).
+
+    Speed options that would change the training modules (fused projections, channels-last
+    weights, compilation) stay off; the precomputed sampler only changes the loop.
+    """
+    config = module.config
+    source = ControlNetSource(module.controlnet, "training", str(config.train.output_dir),
+                              metadata=control_metadata(config.to_dict()))
+    spec, _ = resolve_control_spec(source, config)
+    speed = SpeedOptions(precomputed_sampler=config.decode.precomputed_sampler, channels_last=False)
+    return ControlNetDecoder(module.sd_components(), module.controlnet, spec, validation_sampler(config),
+                             config.decode.resize_filter, speed)
+
+
+class ValidationImages(pl.Callback):
+    """Decodes and writes the validation images on rank 0 after each validation."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.decoder: ControlNetDecoder | None = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pairs = getattr(trainer.datamodule, "val_index", None)
+        count = pl_module.config.train.num_validation_images
+        if not trainer.is_global_zero or trainer.sanity_checking or pairs is None or count <= 0:
+            return
+        pairs = pairs.pairs[:count]
+        if not pairs:
+            return
+        self.decoder = self.decoder or training_decoder(pl_module)
+        self.decoder.use(pl_module.device)
+        decode = pl_module.config.decode
+        codes = [SemanticCode(read_label_map(pair.label_map_path), pair.caption) for pair in pairs]
+        relpaths = [pair.key.partition("/")[2] for pair in pairs]  # relative to original_images/val/
+        seeds = [image_seed(decode.seed, stem_key(relpath)) for relpath in relpaths]
+        with trainer.precision_plugin.forward_context():
+            images = self.decoder.decode(codes, seeds, decode.batch_size)
+        step_folder = self.folder / f"step-{trainer.global_step:07d}"
+        for relpath, image in zip(relpaths, images):
+            atomic_save_image(Image.fromarray(image), step_folder / (stem_key(relpath) + ".png"))
+        columns = [[colorize(code.label_map, pl_module.config.diffusion.palette), image,
+                    np.asarray(read_rgb(pair.image_path))] for code, image, pair in zip(codes, images, pairs)]
+        self.log_grid(trainer, image_grid(columns, pl_module.config.diffusion.resolution))
+
+    def log_grid(self, trainer: pl.Trainer, grid: np.ndarray) -> None:
+        """Write the grid next to the step folders and to TensorBoard."""
+        atomic_save_image(Image.fromarray(grid), self.folder / f"step-{trainer.global_step:07d}.png")
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("val/label_map_decoded_photo", grid, trainer.global_step,
+                                            dataformats="HWC")
+
+
+def image_grid(columns: list[list[np.ndarray]], height: int) -> np.ndarray:
+    """(H, W, 3) uint8: each column's (h, w, 3) images (label map, decoding, photograph) one above the
+    other, scaled to ``height`` rows each with their aspect kept, columns side by side on white."""
+    scaled = [[_scale_to_height(image, height, resample) for image, resample in zip(column, GRID_FILTERS)]
+              for column in columns]
+    widths = [max(image.shape[1] for image in column) for column in scaled]
+    grid = np.full((len(GRID_FILTERS) * (height + GRID_PADDING) + GRID_PADDING,
+                    sum(widths) + GRID_PADDING * (len(widths) + 1), 3), 255, dtype=np.uint8)
+    left = GRID_PADDING
+    for column, width in zip(scaled, widths):
+        for row, image in enumerate(column):
+            top = GRID_PADDING + row * (height + GRID_PADDING)
+            grid[top:top + height, left:left + image.shape[1]] = image
+        left += width + GRID_PADDING
+    return grid
+
+
+def _scale_to_height(image: np.ndarray, height: int, resample: Image.Resampling) -> np.ndarray:
+    """An (h, w, 3) uint8 image at ``height`` rows, its aspect ratio kept."""
+    if image.shape[0] == height:
+        return image
+    width = max(1, round(image.shape[1] * height / image.shape[0]))
+    return np.asarray(Image.fromarray(image).resize((width, height), resample))
