@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple, TypeVar
 
-from models.imageio import atomic_write_json, is_image_name, walk_files
+from models.imageio import InputFile, atomic_write_json, is_image_name, walk_files
 
 PROMPTS_FILE = "prompts.json"
 SEM_SUFFIX = ".sem"  # the file extension of semantic codes (models.bitstream)
@@ -129,6 +129,32 @@ def read_consistently(read: Callable[[], T], attempts: int = 100) -> T:
         except FileNotFoundError:
             continue
     raise RuntimeError("a job's records kept changing while they were read")
+
+
+@dataclass
+class InputListing:
+    """The files of an input folder that a job will read, one per stem."""
+
+    files: list[InputFile] = field(default_factory=list)  # sorted, usable
+    ignored: list[str] = field(default_factory=list)  # relpaths the filter does not take
+    clashes: dict[str, str] = field(default_factory=dict)  # relpath -> earlier relpath with its stem
+
+
+def list_inputs(root: str | os.PathLike, accept: Callable[[str], bool] = is_image_name) -> InputListing:
+    """The files under ``root`` that ``accept`` takes (by relative path), in sorted order. Outputs
+    are named by stem (``a.jpg`` and ``a.png`` would both write ``a.png``), so a file whose stem an
+    earlier one has is a clash, not an input."""
+    listing, claimed = InputListing(), {}
+    for item in walk_files(root):
+        key = stem_key(item.relpath)
+        if not accept(item.relpath):
+            listing.ignored.append(item.relpath)
+        elif key in claimed:
+            listing.clashes[item.relpath] = claimed[key]
+        else:
+            claimed[key] = item.relpath
+            listing.files.append(item)
+    return listing
 
 
 @dataclass

@@ -15,8 +15,10 @@ import os
 import platform
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
 
 from models.config import PRECISION_NAMES
 
@@ -82,24 +84,44 @@ def is_global_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
-def prediction_trainer(spec: DeviceSpec, callbacks: list, progress_bar: bool = True):
+def prediction_trainer(devices: DeviceSpec, callbacks: list, progress_bar: bool = True):
     """A Lightning Trainer that runs ``predict`` on every device, each item exactly once."""
     import pytorch_lightning as pl
 
     return pl.Trainer(
-        accelerator=spec.accelerator, devices=spec.devices, num_nodes=spec.num_nodes,
-        strategy=spec.strategy, logger=False, enable_checkpointing=False,
+        accelerator=devices.accelerator, devices=devices.devices, num_nodes=devices.num_nodes,
+        strategy=devices.strategy, logger=False, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=progress_bar, callbacks=callbacks,
     )
 
 
-def gather_objects(trainer, value) -> list:
-    """Every process's ``value`` (picklable), in rank order, on every process."""
-    if trainer.world_size == 1:
-        return [value]
-    parts: list = [None] * trainer.world_size
-    torch.distributed.all_gather_object(parts, value)
-    return parts
+@dataclass
+class JobResult:
+    """What all processes of a prediction job did, known on every process."""
+
+    written: int  # inputs whose outputs this run wrote
+    failures: dict[str, str]  # relpath -> reason
+    is_global_zero: bool
+
+
+class OutputWriter(BasePredictionWriter):
+    """Writes a prediction job's outputs after each batch (``write_on_batch_end``), counting them
+    and the failures of this process in ``written`` and ``failures``."""
+
+    def __init__(self, output_dir: Path):
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.failures: dict[str, str] = {}
+        self.written = 0
+
+    def result(self, trainer) -> JobResult:
+        """Every process's counts and failures (call it on every process: it gathers)."""
+        parts = [(self.written, self.failures)]
+        if trainer.world_size > 1:
+            parts = [None] * trainer.world_size
+            torch.distributed.all_gather_object(parts, (self.written, self.failures))
+        failures = {relpath: reason for _, part in parts for relpath, reason in part.items()}
+        return JobResult(sum(count for count, _ in parts), failures, trainer.is_global_zero)
 
 
 def print_job_report(verb: str, processed: int, done: int, failures: dict[str, str], ignored: list[str],

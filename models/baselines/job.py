@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from models.baselines.codecs import compress_to_size, decode, get_codec
 from models.imageio import (ImageReadError, atomic_save_image, atomic_write_bytes,
-                            atomic_write_json, is_image_name, read_json, read_rgb, walk_files)
-from models.layout import StemIndex, bitstream_index, stem_key
+                            atomic_write_json, read_json, read_rgb)
+from models.layout import StemIndex, bitstream_index, list_inputs, stem_key
 from models.rate import bits_per_pixel
 
 RESULTS_FILE = "results.csv"
@@ -101,20 +101,13 @@ def check_settings(output_dir: Path, settings: dict, overwrite: bool) -> None:
 def plan_compress(input_dir: Path, output_dir: Path, codecs: list[str],
                   overwrite: bool = False) -> CompressPlan:
     """Sort the inputs into work to do, work done, ignored files and failures."""
-    plan = CompressPlan()
+    listing = list_inputs(input_dir)
+    plan = CompressPlan(ignored=listing.ignored)
+    for relpath, other in listing.clashes.items():
+        plan.failures[relpath] = (f"same name as {other} up to the extension, so their outputs would collide; "
+                                  f"rename one of them")
     rows = {} if overwrite else read_results(output_dir)
-    claimed: dict[str, str] = {}
-    for item in walk_files(input_dir):
-        if not is_image_name(item.relpath):
-            plan.ignored.append(item.relpath)
-            continue
-        key = stem_key(item.relpath)
-        if key in claimed:
-            plan.failures[item.relpath] = (
-                f"same name as {claimed[key]} up to the extension, so their outputs would collide; "
-                f"rename one of them")
-            continue
-        claimed[key] = item.relpath
+    for item in listing.files:
         todo = [codec for codec in codecs if not _is_done(rows, output_dir, item.relpath, codec)]
         plan.done += len(codecs) - len(todo)
         if todo:

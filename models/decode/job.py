@@ -27,7 +27,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 from PIL import Image
-from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from models.bitstream import BitstreamError, read_sem
@@ -35,7 +34,7 @@ from models.config import Config
 from models.decode.decoder import ControlNetDecoder, check_label_map, form_batches, image_seed
 from models.imageio import ImageReadError, atomic_save_image, atomic_write_json, is_image_name, read_json, read_label_map, walk_files
 from models.layout import SEM_SUFFIX, RankRecords, read_consistently, read_prompts, stem_key
-from models.runtime import PRECISIONS, DeviceSpec, gather_objects, library_versions, prediction_trainer, print_job_report
+from models.runtime import PRECISIONS, DeviceSpec, JobResult, OutputWriter, library_versions, prediction_trainer, print_job_report
 from models.semantic_code import SemanticCode
 
 MANIFEST_FILE = "manifest.json"
@@ -195,7 +194,7 @@ def _plan_item(path: Path, relpath: str, caption: str | None, decoder: ControlNe
     claimed[output] = relpath
     code = read_semantic_code(path, caption, config.decode.missing_caption)
     try:
-        check_label_map(code.label_map, decoder.spec.num_classes)
+        check_label_map(code.label_map, decoder.control_spec.num_classes)
     except ValueError as error:
         raise InputError(str(error)) from None
     seed = code.seed if code.seed is not None else image_seed(config.decode.seed, stem_key(relpath))
@@ -210,7 +209,7 @@ def run_settings(decoder: ControlNetDecoder, config: Config, precision: str) -> 
         "checkpoint": source.path if source else None, "checkpoint_format": source.format if source else None,
         "sd_model_path": config.diffusion.sd_model_path, "sampler": asdict(decoder.sampler),
         "seed": config.decode.seed, "batch_size": config.decode.batch_size,
-        "control": asdict(decoder.spec), "resize_filter": config.decode.resize_filter,
+        "control": asdict(decoder.control_spec), "resize_filter": config.decode.resize_filter,
         "precision": precision, "attention_slicing": config.decode.attention_slicing,
         "vae_tiling": config.decode.vae_tiling, "vae_slicing": config.decode.vae_slicing,
         "speed": asdict(decoder.speed),  # float rounding only, but part of what made the bytes
@@ -306,14 +305,8 @@ class DecodeModule(pl.LightningModule):
         return records
 
 
-class DecodeWriter(BasePredictionWriter):
+class DecodeWriter(OutputWriter):
     """Writes each image atomically, then appends its manifest record (per process)."""
-
-    def __init__(self, output_dir: Path):
-        super().__init__(write_interval="batch")
-        self.output_dir = output_dir
-        self.failures: dict[str, str] = {}
-        self.decoded = 0
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
                            batch_idx, dataloader_idx=0) -> None:
@@ -325,42 +318,32 @@ class DecodeWriter(BasePredictionWriter):
                 continue
             atomic_save_image(Image.fromarray(record["image"]), self.output_dir / item.output_relpath)
             records.append({"output": item.output_relpath, **item.record()})
-            self.decoded += 1
+            self.written += 1
         manifest_records(self.output_dir).append(trainer.global_rank, records)
 
 
-@dataclass
-class DecodeResult:
-    """What all processes did, known on every process."""
-
-    decoded: int
-    failures: dict[str, str]
-    is_global_zero: bool
-
-
-def run_decode(plan: DecodePlan, decoder: ControlNetDecoder, spec: DeviceSpec, output_dir: Path,
-               settings: dict, cpu_offload: bool = False, progress_bar: bool = True) -> DecodeResult:
-    """Decode the batches of ``plan`` that are not done, on every device in ``spec``."""
+def run_decode(plan: DecodePlan, decoder: ControlNetDecoder, devices: DeviceSpec, output_dir: Path,
+               settings: dict, cpu_offload: bool = False, progress_bar: bool = True) -> JobResult:
+    """Decode the batches of ``plan`` that are not done, on every device in ``devices``."""
     batches: list[list[DecodeItem]] = plan.todo_batches
-    batches += [[] for _ in range(max(0, spec.world_size - len(batches)))]  # every process gets one
+    batches += [[] for _ in range(max(0, devices.world_size - len(batches)))]  # every process gets one
     loader = DataLoader(BatchList(batches), batch_size=1, collate_fn=_only, shuffle=False)
     writer = DecodeWriter(output_dir)
-    trainer = prediction_trainer(spec, callbacks=[writer], progress_bar=progress_bar)
+    trainer = prediction_trainer(devices, callbacks=[writer], progress_bar=progress_bar)
     module = DecodeModule(decoder, settings["precision"], cpu_offload, plan.done)
     trainer.predict(module, dataloaders=loader, return_predictions=False)
-    parts = gather_objects(trainer, (writer.decoded, writer.failures))
-    failures = {relpath: reason for _, part in parts for relpath, reason in part.items()}
+    result = writer.result(trainer)
     if trainer.is_global_zero:
         manifest = read_manifest(output_dir)
         write_manifest(output_dir, settings, manifest["images"])
     trainer.strategy.barrier()
-    return DecodeResult(sum(count for count, _ in parts), failures, trainer.is_global_zero)
+    return result
 
 
-def report(plan: DecodePlan, result: DecodeResult | None, output_dir: Path) -> int:
+def report(plan: DecodePlan, result: JobResult | None, output_dir: Path) -> int:
     """One line per failed or skipped file and a summary; the exit status (1 if anything failed)."""
     failures = {**plan.failures, **(result.failures if result is not None else {})}
     done = sum(i.output_relpath in plan.done for batch in plan.batches for i in batch)
-    return print_job_report("decoded", result.decoded if result is not None else 0, done, failures,
+    return print_job_report("decoded", result.written if result is not None else 0, done, failures,
                             plan.ignored, "not a label map (by its extension)", output_dir, plan.warnings)
 

@@ -25,17 +25,16 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from models.bitstream import write_sem
 from models.config import Config
 from models.encode.encoder import SemanticEncoder
-from models.imageio import ImageReadError, InputFile, atomic_save_image, is_image_name, read_rgb, walk_files
-from models.layout import (ENCODE_FORMATS, PROMPTS_FILE, RankRecords, label_map_relpath, read_consistently,
-                           read_prompts, sem_relpath, write_prompts)
+from models.imageio import ImageReadError, InputFile, atomic_save_image, read_rgb
+from models.layout import (ENCODE_FORMATS, PROMPTS_FILE, RankRecords, label_map_relpath, list_inputs,
+                           read_consistently, read_prompts, sem_relpath, write_prompts)
 from models.palettes import label_map_to_pil
-from models.runtime import PRECISIONS, DeviceSpec, gather_objects, prediction_trainer, print_job_report
+from models.runtime import PRECISIONS, DeviceSpec, JobResult, OutputWriter, prediction_trainer, print_job_report
 from models.semantic_code import SemanticCode
 
 
@@ -110,20 +109,13 @@ def read_captions(output_dir: Path) -> dict[str, str]:
 def plan_encode(input_dir: Path, output_dir: Path, overwrite: bool = False,
                 outputs: OutputSpec = OutputSpec()) -> EncodePlan:
     """Sort the files under ``input_dir`` into to-do, done, ignored and failed."""
-    plan = EncodePlan()
+    listing = list_inputs(input_dir)
+    plan = EncodePlan(ignored=listing.ignored)
+    for relpath, other in listing.clashes.items():
+        plan.failures[relpath] = (f"its label map {label_map_relpath(relpath)} would overwrite the one of {other} "
+                                  f"(same name, different extension); rename one of them")
     captions = {} if overwrite or not outputs.writes_png else read_captions(output_dir)
-    claimed: dict[Path, str] = {}
-    for item in walk_files(input_dir):
-        if not is_image_name(item.relpath):
-            plan.ignored.append(item.relpath)
-            continue
-        target = label_map_path(output_dir, item.relpath)
-        if target in claimed:
-            plan.failures[item.relpath] = (
-                f"its label map {target.name} would overwrite the one of {claimed[target]} "
-                f"(same name, different extension); rename one of them")
-            continue
-        claimed[target] = item.relpath
+    for item in listing.files:
         if not overwrite and is_done(item.relpath, output_dir, outputs, captions):
             plan.done.append(item.relpath)
         else:
@@ -175,15 +167,12 @@ class EncodeModule(pl.LightningModule):
         return [record for record in batch if record["relpath"] is not None]
 
 
-class EncodeWriter(BasePredictionWriter):
+class EncodeWriter(OutputWriter):
     """Writes .sem files and/or label maps and captions as soon as a batch is done."""
 
     def __init__(self, output_dir: Path, outputs: OutputSpec = OutputSpec()):
-        super().__init__(write_interval="batch")
-        self.output_dir = output_dir
+        super().__init__(output_dir)
         self.outputs = outputs
-        self.failures: dict[str, str] = {}
-        self.encoded = 0
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
                            batch_idx, dataloader_idx=0) -> None:
@@ -205,7 +194,7 @@ class EncodeWriter(BasePredictionWriter):
                 atomic_save_image(label_map_to_pil(code.label_map),
                                   label_map_path(self.output_dir, record["relpath"]))
                 captions.append({"image": record["relpath"], "caption": code.caption})
-            self.encoded += 1
+            self.written += 1
         caption_records(self.output_dir).append(trainer.global_rank, captions)
 
 
@@ -217,38 +206,27 @@ def merge_captions(output_dir: Path) -> dict[str, str]:
     return captions
 
 
-@dataclass
-class EncodeResult:
-    """What one process learned from a run."""
-
-    encoded: int
-    failures: dict[str, str]
-    is_global_zero: bool
-
-
-def run_encode(plan: EncodePlan, config: Config, spec: DeviceSpec, output_dir: Path,
-               progress_bar: bool = True, outputs: OutputSpec = OutputSpec()) -> EncodeResult:
-    """Encode ``plan.todo`` on the devices in ``spec``; failures of all processes are gathered."""
+def run_encode(plan: EncodePlan, config: Config, devices: DeviceSpec, output_dir: Path,
+               progress_bar: bool = True, outputs: OutputSpec = OutputSpec()) -> JobResult:
+    """Encode ``plan.todo`` on the devices in ``devices``; failures of all processes are gathered."""
     output_dir.mkdir(parents=True, exist_ok=True)
     items: list[InputFile | None] = list(plan.todo)
-    items += [None] * max(0, spec.world_size - len(items))
+    items += [None] * max(0, devices.world_size - len(items))
     loader = DataLoader(ImageFiles(items, config.encode.max_pixels), batch_size=config.encode.batch_size,
                         num_workers=config.encode.num_workers, collate_fn=list, shuffle=False)
     writer = EncodeWriter(output_dir, outputs)
-    trainer = prediction_trainer(spec, callbacks=[writer], progress_bar=progress_bar)
+    trainer = prediction_trainer(devices, callbacks=[writer], progress_bar=progress_bar)
     module = EncodeModule(SemanticEncoder.from_config(config), config.encode.precision)
     trainer.predict(module, dataloaders=loader, return_predictions=False)
-    parts = gather_objects(trainer, (writer.encoded, writer.failures))
-    failures = {relpath: reason for _, part in parts for relpath, reason in part.items()}
-    encoded = sum(count for count, _ in parts)
+    result = writer.result(trainer)
     if trainer.is_global_zero and outputs.writes_png:
         merge_captions(output_dir)
     trainer.strategy.barrier()
-    return EncodeResult(encoded=encoded, failures=failures, is_global_zero=trainer.is_global_zero)
+    return result
 
 
-def report(plan: EncodePlan, result: EncodeResult | None, output_dir: Path) -> int:
+def report(plan: EncodePlan, result: JobResult | None, output_dir: Path) -> int:
     """Print one line per failed file and a summary; the exit status (1 if anything failed)."""
     failures = {**plan.failures, **(result.failures if result is not None else {})}
-    return print_job_report("encoded", result.encoded if result is not None else 0, len(plan.done),
+    return print_job_report("encoded", result.written if result is not None else 0, len(plan.done),
                             failures, plan.ignored, "not an image file (by its extension)", output_dir)

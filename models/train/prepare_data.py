@@ -283,11 +283,11 @@ def find_split_conflicts(items: list[SourceItem], data_root: Path) -> dict[str, 
     return conflicts
 
 
-def caption_device(spec: DeviceSpec) -> torch.device:
+def caption_device(devices: DeviceSpec) -> torch.device:
     """The single device that captions ground-truth layouts (the first one given)."""
-    if spec.accelerator == "cpu":
+    if devices.accelerator == "cpu":
         return torch.device("cpu")
-    return torch.device("cuda", spec.devices[0] if isinstance(spec.devices, list) else 0)
+    return torch.device("cuda", devices.devices[0] if isinstance(devices.devices, list) else 0)
 
 
 def caption_split(captioner: BlipCaptioner, split: str, todo: list[SourceItem],
@@ -310,7 +310,7 @@ def caption_split(captioner: BlipCaptioner, split: str, todo: list[SourceItem],
 
 
 def caption_ground_truth(placed: list[SourceItem], preparer: Preparer, config: Config,
-                         spec: DeviceSpec) -> None:
+                         devices: DeviceSpec) -> None:
     """BLIP captions for the placed images that have none; BLIP is loaded only if needed."""
     todo = {}
     for split in SPLITS:
@@ -318,8 +318,8 @@ def caption_ground_truth(placed: list[SourceItem], preparer: Preparer, config: C
         todo[split] = [i for i in placed if i.split == split and i.relpath not in captions]
     if not any(todo.values()):
         return
-    device = caption_device(spec)
-    if spec.world_size > 1:
+    device = caption_device(devices)
+    if devices.world_size > 1:
         print(f"note: ground-truth label maps need only captions; they run on {device}",
               file=sys.stderr)
     dtype = PRECISIONS[config.encode.precision] if device.type == "cuda" else torch.float32
@@ -329,7 +329,7 @@ def caption_ground_truth(placed: list[SourceItem], preparer: Preparer, config: C
             caption_split(captioner, split, items, preparer, config)
 
 
-def encode_predicted(preparer: Preparer, config: Config, spec: DeviceSpec) -> bool:
+def encode_predicted(preparer: Preparer, config: Config, devices: DeviceSpec) -> bool:
     """Run the encoder job on each split folder, as process_input.py would; False on rank > 0."""
     for split in SPLITS:
         input_dir = preparer.split_dir("original_images", split)
@@ -343,11 +343,11 @@ def encode_predicted(preparer: Preparer, config: Config, spec: DeviceSpec) -> bo
             if is_global_zero() and caption_records(output_dir).files():
                 merge_captions(output_dir)
             continue
-        result = run_encode(plan, config, spec, output_dir)
+        result = run_encode(plan, config, devices, output_dir)
         for relpath, reason in result.failures.items():
             preparer.fail(split, relpath, reason)
-        preparer.counts[split].label_maps += result.encoded
-        preparer.counts[split].captions += result.encoded
+        preparer.counts[split].label_maps += result.written
+        preparer.counts[split].captions += result.written
     return is_global_zero()
 
 
@@ -455,7 +455,7 @@ def prepare(args: argparse.Namespace) -> int:
         settings = source_settings(args, source_dir, label_source)
         check_manifest(data_root, settings)
         config = config_from_args(args)
-        spec = resolve_devices(args)
+        devices = resolve_devices(args)
     except (ValueError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -475,8 +475,8 @@ def prepare(args: argparse.Namespace) -> int:
             print("note: hard links were not possible for some files; they were copied", file=sys.stderr)
     try:
         if label_source == "gt":
-            caption_ground_truth(placed, preparer, config, spec)
-        elif not encode_predicted(preparer, config, spec):
+            caption_ground_truth(placed, preparer, config, devices)
+        elif not encode_predicted(preparer, config, devices):
             return 0
     except (CheckpointError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -36,31 +36,16 @@ from models.runtime import DeviceSpec, is_global_zero
 CHECKPOINT_PATTERN = re.compile(r"step-(\d+)\.ckpt$")
 
 
-@dataclass(frozen=True)
 class RunPaths:
-    """Where a run writes each kind of output."""
+    """Where a run writes each kind of output (the layout in this module's docstring)."""
 
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def controlnet(self) -> Path:
-        return self.root / "controlnet"
-
-    @property
-    def validation(self) -> Path:
-        return self.root / "validation"
+    def __init__(self, root: Path):
+        self.root = root
+        self.config = root / "config.yaml"
+        self.checkpoints = root / "checkpoints"
+        self.logs = root / "logs"
+        self.validation = root / "validation"
+        self.controlnet = root / "controlnet"
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:07d}.ckpt"
@@ -103,16 +88,16 @@ class FinalCheckpoint(Callback):
             trainer.save_checkpoint(self.paths.checkpoint(step), weights_only=False)
 
 
-def build_trainer(config: Config, spec: DeviceSpec, paths: RunPaths, has_validation: bool,
+def build_trainer(config: Config, devices: DeviceSpec, paths: RunPaths, has_validation: bool,
                   progress_bar: bool = True) -> pl.Trainer:
     """A Trainer that checkpoints, validates and logs as ``config.train`` says."""
     train = config.train
     periodic = ModelCheckpoint(dirpath=paths.checkpoints, filename="step-{step:07d}",
                                auto_insert_metric_name=False, every_n_train_steps=train.checkpoint_every_n_steps,
                                save_top_k=train.keep_checkpoints, monitor="step", mode="max")
-    strategy = DDPStrategy(find_unused_parameters=False) if spec.world_size > 1 else "auto"
+    strategy = DDPStrategy(find_unused_parameters=False) if devices.world_size > 1 else "auto"
     return pl.Trainer(
-        accelerator=spec.accelerator, devices=spec.devices, num_nodes=spec.num_nodes, strategy=strategy,
+        accelerator=devices.accelerator, devices=devices.devices, num_nodes=devices.num_nodes, strategy=strategy,
         precision=train.precision, max_steps=train.max_steps,
         accumulate_grad_batches=train.accumulate_grad_batches, gradient_clip_val=train.max_grad_norm,
         val_check_interval=train.val_every_n_steps * train.accumulate_grad_batches,
@@ -136,7 +121,7 @@ class TrainResult:
     is_global_zero: bool
 
 
-def run_training(config: Config, spec: DeviceSpec, resume: str | None = None,
+def run_training(config: Config, devices: DeviceSpec, resume: str | None = None,
                  components: SDComponents | None = None, progress_bar: bool = True) -> TrainResult:
     """Train, checkpoint and export; every rank calls this (DDP re-runs the script per rank)."""
     paths = RunPaths(Path(config.train.output_dir))
@@ -144,12 +129,12 @@ def run_training(config: Config, spec: DeviceSpec, resume: str | None = None,
     datamodule = DecoderDataModule(config)
     if is_global_zero():
         save_config(config, paths.config)
-        print(f"run folder {paths.root}: {spec.world_size} process(es) x batch {config.train.batch_size} "
+        print(f"run folder {paths.root}: {devices.world_size} process(es) x batch {config.train.batch_size} "
               f"x accumulation {config.train.accumulate_grad_batches} = "
-              f"{spec.world_size * config.train.batch_size * config.train.accumulate_grad_batches} "
+              f"{devices.world_size * config.train.batch_size * config.train.accumulate_grad_batches} "
               f"images per step" + (f"; resuming from {resume_path}" if resume_path else ""))
     module = ControlNetModule(config, components)
-    trainer = build_trainer(config, spec, paths, datamodule.val_dataset is not None, progress_bar)
+    trainer = build_trainer(config, devices, paths, datamodule.val_dataset is not None, progress_bar)
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # frozen SD1.5
     if resume_path is not None:
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
