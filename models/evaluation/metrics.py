@@ -50,16 +50,13 @@ class WeightFile:
 
     filename: str
     description: str
-    architecture: str  # how ``write_random_weights`` rebuilds its shapes
 
 
 WEIGHT_FILES = {
-    "alexnet": WeightFile("alexnet-owt-7be5be79.pth", "torchvision AlexNet (LPIPS)", "alexnet"),
-    "vgg16": WeightFile("vgg16-397923af.pth", "torchvision VGG-16 (DISTS, LPIPS-VGG)", "vgg16"),
-    "squeezenet": WeightFile("squeezenet1_1-b8a52dc0.pth", "torchvision SqueezeNet 1.1 (LPIPS)",
-                             "squeezenet1_1"),
-    "inception": WeightFile("weights-inception-2015-12-05-6726825d.pth",
-                            "torch-fidelity Inception-v3 (FID, KID)", "inception"),
+    "alexnet": WeightFile("alexnet-owt-7be5be79.pth", "torchvision AlexNet (LPIPS)"),
+    "vgg16": WeightFile("vgg16-397923af.pth", "torchvision VGG-16 (DISTS, LPIPS-VGG)"),
+    "squeezenet": WeightFile("squeezenet1_1-b8a52dc0.pth", "torchvision SqueezeNet 1.1 (LPIPS)"),
+    "inception": WeightFile("weights-inception-2015-12-05-6726825d.pth", "torch-fidelity Inception-v3 (FID, KID)"),
 }
 LPIPS_TRUNKS = {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezenet"}
 
@@ -475,49 +472,3 @@ class MetricSuite:
         for metric in self.image_metrics:
             if isinstance(metric, SemanticConsistency):
                 metric.reset()
-
-
-# --- stand-in weights ---------------------------------------------------------------------------
-
-def random_state_dict(architecture: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights with the names and shapes of a real weight file (He-scaled, unit batch norm)."""
-    import torchvision.models as tv
-
-    with torch.device("meta"):
-        if architecture == "inception":  # torch-fidelity's layout: torchvision's, with 1008 logits
-            model = tv.inception_v3(weights=None, aux_logits=False, init_weights=False)
-            model.fc = nn.Linear(2048, 1008)
-        else:
-            model = getattr(tv, architecture)(weights=None)
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, meta in model.state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.zeros((), dtype=torch.long)
-        elif meta.dim() > 1:
-            fan_in = meta[0].numel()
-            state[key] = torch.randn(meta.shape, generator=generator) * math.sqrt(2.0 / fan_in)
-        elif key.endswith(("running_var", ".weight")):  # batch-norm scales
-            state[key] = torch.ones(meta.shape)
-        else:
-            state[key] = torch.zeros(meta.shape)
-    return state
-
-
-def write_random_weights(hub_directory: str | Path,
-                         names: tuple[str, ...] = ("alexnet", "vgg16", "inception"),
-                         seed: int = 0) -> list[Path]:
-    """Save random stand-ins for the weight files ``names`` under ``<hub_directory>/checkpoints``.
-
-    Same file names, keys, shapes and format as the real files, so every loading path runs; the
-    metrics they give are meaningless. For tests and benchmarks only.
-    """
-    folder = Path(hub_directory) / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in names:
-        weight_file = WEIGHT_FILES[name]
-        path = folder / weight_file.filename
-        torch.save(random_state_dict(weight_file.architecture, seed), path)
-        paths.append(path)
-    return paths
