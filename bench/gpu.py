@@ -56,10 +56,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import train as bench_train  # noqa: E402
 from models.decode.controlnet_loader import ControlSpec  # noqa: E402
-from models.decode.decoder import PRECISIONS, ControlNetDecoder, SamplerSettings, SpeedOptions  # noqa: E402
+from models.decode.decoder import ControlNetDecoder, SamplerSettings, SpeedOptions  # noqa: E402
 from models.decode.stable_diffusion import SDComponents  # noqa: E402
 from models.imageio import atomic_write_json  # noqa: E402
-from models.runtime import library_versions  # noqa: E402
+from models.runtime import PRECISIONS, library_versions  # noqa: E402
 from models.semantic_code import SemanticCode  # noqa: E402
 
 SECTIONS = ("floor", "decode", "train", "encode", "compile")
@@ -167,9 +167,9 @@ def make_decoder(bench: Bench, precision: str, speed: SpeedOptions) -> ControlNe
     """A decoder on copies of the components, placed on the device in ``precision``."""
     components, controlnet = decode_components(bench)
     sizes = bench.sizes
-    spec = ControlSpec("palette", "voc", 21, "unit", keep_aspect=True, resolution=sizes.resolution)
+    control = ControlSpec("palette", "voc", 21, "unit", keep_aspect=True, resolution=sizes.resolution)
     sampler = SamplerSettings(num_inference_steps=sizes.steps, scheduler="unipc", guidance_scale=sizes.guidance)
-    decoder = ControlNetDecoder(copy.deepcopy(components), copy.deepcopy(controlnet), spec, sampler, speed=speed)
+    decoder = ControlNetDecoder(copy.deepcopy(components), copy.deepcopy(controlnet), control, sampler, speed=speed)
     decoder.place(bench.device, PRECISIONS[precision])
     return decoder
 
@@ -226,7 +226,7 @@ def decode_inputs(bench: Bench, batch: int) -> tuple[list[SemanticCode], list[in
 def decode_calls(decoder: ControlNetDecoder, stock: ControlNetDecoder, codes: list[SemanticCode],
                  seeds: list[int]):
     """Closures: our decode, and the stock pipeline on the same control images, seeds and settings."""
-    size = stock.spec.resolution
+    size = stock.control_spec.resolution
     control = torch.stack([stock.control_image(code.label_map, (size, size)) for code in codes])
     settings = stock.sampler
 

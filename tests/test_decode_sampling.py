@@ -71,17 +71,17 @@ def test_control_images_follow_the_spec(decoder):
     ids = label_map(30, 40)
     unit = decoder.control_image(ids, (48, 32))
     assert unit.shape == (3, 32, 48) and unit.min() >= 0 and unit.max() <= 1
-    spec = decoder.spec
+    spec = decoder.control_spec
     try:
-        decoder.spec = replace(spec, value_range="signed", keep_aspect=False)
+        decoder.control_spec = replace(spec, value_range="signed", keep_aspect=False)
         signed = decoder.control_image(ids, (48, 32))
         assert torch.equal(signed, unit * 2 - 1)
         assert decoder.generation_size(40, 30) == (64, 64)  # stretched to the square
-        decoder.spec = replace(spec, mode="onehot", num_classes=21)
+        decoder.control_spec = replace(spec, mode="onehot", num_classes=21)
         onehot = decoder.control_image(ids, (48, 32))
         assert onehot.shape == (21, 32, 48) and set(onehot.sum(0).unique().tolist()) <= {0.0, 1.0}
     finally:
-        decoder.spec = spec
+        decoder.control_spec = spec
 
 
 def test_class_ids_outside_the_classes_are_refused():

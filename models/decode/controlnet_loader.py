@@ -214,7 +214,7 @@ class ControlSpec:
 def resolve_control_spec(source: ControlNetSource, config: Config) -> tuple[ControlSpec, str]:
     """The control-image convention for ``source``: explicit settings, else what the checkpoint says.
 
-    Returns the spec and a one-line note saying where the defaults came from.
+    Returns the convention and a one-line note saying where the defaults came from.
     """
     decode, meta = config.decode, source.metadata
     mode, num_classes = _conditioning(source, config)
@@ -228,11 +228,11 @@ def resolve_control_spec(source: ControlNetSource, config: Config) -> tuple[Cont
     resolution = decode.resolution or meta.get("resolution") or config.diffusion.resolution
     if resolution % 8:
         raise ValueError(f"the generation resolution must be a multiple of 8, got {resolution}")
-    spec = ControlSpec(mode, palette, num_classes, value_range, keep_aspect, int(resolution))
+    control = ControlSpec(mode, palette, num_classes, value_range, keep_aspect, int(resolution))
     origin = ("the original project's convention" if original_project else
               "a public ADE20K segmentation ControlNet" if source.is_public_ade20k else
               f"the {source.format} checkpoint's settings")
-    return spec, f"control images: {_describe(spec)} (defaults from {origin})"
+    return control, f"control images: {_describe(control)} (defaults from {origin})"
 
 
 def _conditioning(source: ControlNetSource, config: Config) -> tuple[str, int]:
@@ -251,9 +251,10 @@ def _conditioning(source: ControlNetSource, config: Config) -> tuple[str, int]:
     return mode, num_classes
 
 
-def _describe(spec: ControlSpec) -> str:
-    drawing = f"{spec.palette} palette" if spec.mode == "palette" else f"one-hot, {spec.num_classes} classes"
-    values = "[0, 1]" if spec.value_range == "unit" else "[-1, 1]"
-    shape = (f"aspect kept, about {spec.resolution}^2 pixels" if spec.keep_aspect
-             else f"stretched to {spec.resolution}x{spec.resolution}")
+def _describe(control: ControlSpec) -> str:
+    drawing = (f"{control.palette} palette" if control.mode == "palette"
+               else f"one-hot, {control.num_classes} classes")
+    values = "[0, 1]" if control.value_range == "unit" else "[-1, 1]"
+    shape = (f"aspect kept, about {control.resolution}^2 pixels" if control.keep_aspect
+             else f"stretched to {control.resolution}x{control.resolution}")
     return f"{drawing}, values in {values}, {shape}"

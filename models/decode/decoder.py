@@ -35,7 +35,6 @@ from models.decode.controlnet_loader import (CheckpointFormatError, ControlNetSo
 from models.decode.stable_diffusion import SDComponents, load_sd_components
 from models.imageio import RESIZE_FILTERS
 from models.palettes import VOID_LABEL
-from models.runtime import PRECISIONS
 from models.decode.sampling import SamplerPlan, combine, plan_sampler
 from models.semantic_code import SemanticCode
 
@@ -111,11 +110,11 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn((1, *shape), generator=generator, dtype=torch.float32)
 
 
-def generation_size(width: int, height: int, spec: ControlSpec) -> tuple[int, int]:
+def generation_size(width: int, height: int, control: ControlSpec) -> tuple[int, int]:
     """(width, height) to generate at: the square, or the aspect ratio at about resolution^2 pixels."""
-    if not spec.keep_aspect:
-        return spec.resolution, spec.resolution
-    scale = spec.resolution / math.sqrt(width * height)
+    if not control.keep_aspect:
+        return control.resolution, control.resolution
+    scale = control.resolution / math.sqrt(width * height)
     return tuple(max(SIZE_MULTIPLE, round(side * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE)
                  for side in (width, height))
 
@@ -141,7 +140,7 @@ def form_batches(keys: list, batch_size: int) -> list[list[int]]:
 class ControlNetDecoder:
     """Label maps and captions to images: SD1.5 components plus one ControlNet."""
 
-    def __init__(self, components: SDComponents, controlnet: torch.nn.Module, spec: ControlSpec,
+    def __init__(self, components: SDComponents, controlnet: torch.nn.Module, control: ControlSpec,
                  sampler: SamplerSettings = SamplerSettings(), resize_filter: str = "lanczos",
                  speed: SpeedOptions = SpeedOptions()):
         self.pipeline = StableDiffusionControlNetPipeline(
@@ -151,7 +150,7 @@ class ControlNetDecoder:
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
         self.pipeline.set_progress_bar_config(disable=True)
-        self.spec, self.sampler = spec, sampler
+        self.control_spec, self.sampler = control, sampler
         self.resize_filter = RESIZE_FILTERS[resize_filter]
         self.vae_scale_factor = components.vae_scale_factor
         self.device, self.dtype = torch.device("cpu"), torch.float32
@@ -172,8 +171,8 @@ class ControlNetDecoder:
         components = load_sd_components(config.diffusion.sd_model_path)
         source = load_controlnet(str(path), components.unet, allow_pickle=config.decode.allow_pickle)
         overlay_unet_weights(components.unet, source)
-        spec, note = resolve_control_spec(source, config)
-        decoder = cls(components, source.controlnet, spec, SamplerSettings.from_config(config.decode),
+        control, note = resolve_control_spec(source, config)
+        decoder = cls(components, source.controlnet, control, SamplerSettings.from_config(config.decode),
                       config.decode.resize_filter, SpeedOptions.from_config(config.decode))
         decoder.source, decoder.note = source, note
         decoder.enable_memory_options(config.decode)
@@ -228,14 +227,15 @@ class ControlNetDecoder:
 
     def generation_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) at which an image of this size is generated."""
-        return generation_size(width, height, self.spec)
+        return generation_size(width, height, self.control_spec)
 
     def control_image(self, label_map: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         """(C, h, w) float32 control image for ``label_map`` at ``size`` = (w, h), in the spec's range."""
-        check_label_map(label_map, self.spec.num_classes)
+        check_label_map(label_map, self.control_spec.num_classes)
         resized = resize_label_map(label_map, *size)  # nearest: class ids are never blended
-        control = control_tensor(resized, self.spec.mode, self.spec.palette, self.spec.num_classes)
-        return control * 2 - 1 if self.spec.value_range == "signed" else control
+        spec = self.control_spec
+        control = control_tensor(resized, spec.mode, spec.palette, spec.num_classes)
+        return control * 2 - 1 if spec.value_range == "signed" else control
 
     def decode(self, codes: list[SemanticCode], seeds: list[int], batch_size: int | None = None) -> list[np.ndarray]:
         """(H, W, 3) uint8 images at each code's size; codes of equal generation size share batches."""

@@ -53,9 +53,9 @@ def training_decoder(module: pl.LightningModule) -> ControlNetDecoder:
     config = module.config
     source = ControlNetSource(module.controlnet, "training", str(config.train.output_dir),
                               metadata=control_metadata(config.to_dict()))
-    spec, _ = resolve_control_spec(source, config)
+    control, _ = resolve_control_spec(source, config)
     speed = SpeedOptions(precomputed_sampler=config.decode.precomputed_sampler, channels_last=False)
-    return ControlNetDecoder(module.sd_components(), module.controlnet, spec, validation_sampler(config),
+    return ControlNetDecoder(module.sd_components(), module.controlnet, control, validation_sampler(config),
                              config.decode.resize_filter, speed)
 
 
