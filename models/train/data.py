@@ -306,10 +306,3 @@ class DecoderDataModule(pl.LightningDataModule):
                    if trainer.world_size > 1 else None)
         return DataLoader(self.val_dataset, batch_size=self.config.train.batch_size, sampler=sampler,
                           num_workers=min(self.config.train.num_workers, 2))
-
-    def validation_examples(self, count: int) -> dict | None:
-        """The first ``count`` validation samples as one batch (for the logged image grid)."""
-        if self.val_dataset is None or count <= 0:
-            return None
-        samples = [self.val_dataset[i] for i in range(min(count, len(self.val_dataset)))]
-        return torch.utils.data.default_collate(samples)
