@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.config import Config  # noqa: E402
-from models.evaluation.report import format_table  # noqa: E402
 from models.evaluation.metrics import ImagePair, MetricSuite  # noqa: E402
+from models.evaluation.report import format_table  # noqa: E402
 from models.tiny.stand_in_weights import write_random_weights  # noqa: E402
 
 METRICS = ("psnr", "ssim", "ms_ssim", "lpips", "dists", "fid", "kid", "clip_score", "semantic")

@@ -3,8 +3,9 @@
 Every script reads user images through ``read_rgb``: it applies the EXIF orientation, turns
 every Pillow mode (gray, palette, RGBA, 16-bit, CMYK, ...) into 8-bit RGB, refuses images above
 a pixel limit before decoding them, and reports any failure as one ``ImageReadError`` that names
-the file and the reason. Label maps are read the same way by ``read_label_map``. Outputs are written to a temporary file in the same folder and renamed
-into place, so an interrupted job never leaves a half-written file behind.
+the file and the reason; label maps are read the same way by ``read_label_map``. Outputs are
+written to a temporary file in the same folder and renamed into place, so an interrupted job
+never leaves a half-written file behind.
 """
 
 from __future__ import annotations

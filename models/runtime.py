@@ -25,6 +25,11 @@ from models.config import PRECISION_NAMES
 PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16)))  # name -> dtype
 
 
+def network_dtype(precision: str, device: str | torch.device) -> torch.dtype:
+    """The dtype a network runs in: ``precision`` (a config name) on a GPU, float32 on the CPU."""
+    return PRECISIONS[precision] if torch.device(device).type == "cuda" else torch.float32
+
+
 @dataclass(frozen=True)
 class DeviceSpec:
     """Where a job runs, in Lightning's terms."""

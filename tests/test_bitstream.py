@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from models.bitstream import (caption_coder, decode_caption, decode_code, encode_caption,
-                              encode_code, inspect_code, read_sem, write_sem)
+from models.bitstream import (caption_coder, decode_caption, decode_code, encode_caption, encode_code, inspect_code,
+                              read_sem, write_sem)
 from models.bitstream.grid import grid_shape, upsample_label_map
 from models.palettes import VOID_LABEL
 from models.semantic_code import SemanticCode

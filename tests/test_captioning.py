@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from models.encode.captioning import BlipCaptioner
 from models.config import load_config
+from models.encode.captioning import BlipCaptioner
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from models.config import (DEFAULT_CONFIG_PATH, Config, ConfigError, apply_overrides,
-                           config_from_dict, load_config, save_config)
+from models.config import (DEFAULT_CONFIG_PATH, Config, ConfigError, apply_overrides, config_from_dict, load_config,
+                           save_config)
 
 
 def test_default_config_file_is_valid_and_complete():

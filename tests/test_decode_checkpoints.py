@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 import process_decoding
 from models.config import apply_overrides, load_config
-from models.decode.controlnet_loader import CheckpointFormatError, ControlNetSource, load_controlnet, resolve_control_spec
+from models.decode.controlnet_loader import (CheckpointFormatError, ControlNetSource, load_controlnet,
+                                             resolve_control_spec)
 from models.decode.decoder import ControlNetDecoder
 from tests.decode_fixtures import (base_unet, label_maps, perturb, trained_controlnet,  # noqa: F401 (fixtures)
                                    up_block_weights, write_export_folder, write_original_file,

@@ -10,7 +10,7 @@ import torch
 from models.config import apply_overrides, load_config
 from models.decode.controlnet_loader import ControlSpec
 from models.decode.decoder import (ControlNetDecoder, check_label_map, form_batches, generation_size, image_seed,
-                            make_scheduler)
+                                   make_scheduler)
 from models.semantic_code import SemanticCode
 from tests.decode_fixtures import trained_controlnet  # noqa: F401
 

@@ -13,8 +13,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from models.config import ConfigError, apply_overrides, load_config
 from models.decode.decoder import ControlNetDecoder, SpeedOptions, make_scheduler
-from models.decode.stable_diffusion import SD15_CONFIG_DIR
 from models.decode.sampling import NonlinearSamplerError, combine, plan_sampler
+from models.decode.stable_diffusion import SD15_CONFIG_DIR
 from models.semantic_code import SemanticCode
 from tests.decode_fixtures import trained_controlnet  # noqa: F401
 from tests.threads import one_cpu_thread  # noqa: F401

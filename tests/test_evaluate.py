@@ -17,12 +17,12 @@ import evaluate
 from models.baselines.codecs import CODECS, encode
 from models.config import load_config
 from models.evaluation.job import align_to_truth
-from models.imageio import read_rgb
 from models.evaluation.metrics import WEIGHT_FILES
-from models.tiny.stand_in_weights import write_random_weights
+from models.imageio import read_rgb
 from models.layout import pair_by_stem
 from models.palettes import label_map_to_pil
 from models.rate import bits_per_pixel
+from models.tiny.stand_in_weights import write_random_weights
 from tests.conftest import VOC_IMAGES
 
 

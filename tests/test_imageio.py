@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.imageio import (ImageReadError, atomic_save_image, atomic_write_json,
-                            check_output_not_inside_input, read_rgb, walk_files)
+from models.imageio import (ImageReadError, atomic_save_image, atomic_write_json, check_output_not_inside_input,
+                            read_rgb, walk_files)
 from tests.badfiles import BAD, GOOD, MAX_PIXELS, make_mixed_folder
 
 

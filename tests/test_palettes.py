@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.palettes import (ADE20K_CLASSES, ADE20K_PALETTE, VOC_CLASSES, VOC_PALETTE,
-                             colorize, colors_to_label_map, get_palette, label_map_from_pil,
-                             label_map_to_pil)
+from models.palettes import (ADE20K_CLASSES, ADE20K_PALETTE, VOC_CLASSES, VOC_PALETTE, colorize, colors_to_label_map,
+                             get_palette, label_map_from_pil, label_map_to_pil)
 
 
 def test_voc_palette_known_colours():

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 import process_input
-from models.train import prepare_data
 from models.palettes import VOC_PALETTE, VOID_LABEL
+from models.train import prepare_data
 from tests.conftest import REPO, VOC_IMAGES, VOC_MASKS
 
 VOC_IDS = sorted(path.stem for path in VOC_IMAGES.glob("*.jpg"))

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from models.config import SegmentationConfig
-from models.encode.segmentation import (CheckpointError, DeepLabV3Plus, load_segmenter, load_state_dict,
-                                 save_checkpoint)
+from models.encode.segmentation import CheckpointError, DeepLabV3Plus, load_segmenter, load_state_dict, save_checkpoint
 from tests.reference_deeplab import ReferenceDeepLabV3Plus
 
 

@@ -71,7 +71,8 @@ def test_imports_run_one_way():
 
 
 def test_no_import_cycles():
-    graph = {module_name(path): imported_modules(path) - {module_name(path)} for path in (REPO / "models").rglob("*.py")}
+    graph = {module_name(path): imported_modules(path) - {module_name(path)}
+             for path in (REPO / "models").rglob("*.py")}
     state, stack = {}, []
 
     def cycle_from(module: str) -> list[str] | None:

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from models.config import Config
-from models.train.data import (DataError, DecoderDataModule, EndlessShardSampler, LabelMapDataset,
-                         SampleOptions, index_split, resize_crop_flip)
 from models.palettes import colorize, label_map_to_pil
+from models.train.data import (DataError, DecoderDataModule, EndlessShardSampler, LabelMapDataset, SampleOptions,
+                               index_split, resize_crop_flip)
 
 
 def _write_pair(root: Path, split: str, rel: str, size=(40, 30), label_size=None, seed=0) -> np.ndarray:

@@ -17,11 +17,11 @@ import torch
 from torch.utils.data import default_collate
 
 from models.config import load_config
+from models.decode.stable_diffusion import load_sd_components
+from models.quickstart.shapes import write_shapes_dataset
+from models.runtime import DeviceSpec
 from models.train.controlnet_module import ControlNetModule
 from models.train.data import DecoderDataModule
-from models.decode.stable_diffusion import load_sd_components
-from models.runtime import DeviceSpec
-from models.quickstart.shapes import write_shapes_dataset
 from models.train.run import run_training
 from tests.threads import one_cpu_thread  # noqa: F401  (fixture)
 

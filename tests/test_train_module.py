@@ -7,9 +7,9 @@ from safetensors.torch import load_file
 
 from models.config import ConfigError, apply_overrides, load_config
 from models.decode.checkpoint_format import export_checkpoint
+from models.decode.stable_diffusion import load_sd_components
 from models.train.controlnet_module import ControlNetModule, check_train_config, hint_channels
 from models.train.export import main
-from models.decode.stable_diffusion import load_sd_components
 from tests.conftest import REPO
 from tests.threads import one_cpu_thread  # noqa: F401  (fixture)
 

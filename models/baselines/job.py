@@ -26,8 +26,7 @@ from typing import Iterator
 from tqdm import tqdm
 
 from models.baselines.codecs import compress_to_size, decode, get_codec
-from models.imageio import (ImageReadError, atomic_save_image, atomic_write_bytes,
-                            atomic_write_json, read_json, read_rgb)
+from models.imageio import ImageReadError, atomic_save_image, atomic_write_bytes, atomic_write_json, read_json, read_rgb
 from models.layout import StemIndex, bitstream_index, list_inputs, stem_key
 from models.rate import bits_per_pixel
 

@@ -15,8 +15,7 @@ import json
 import sys
 
 from models.bitstream.errors import BitstreamError
-from models.bitstream.sem_file import (MAX_PIXELS, inspect_code, read_sem, read_sem_bytes,
-                                       write_sem)
+from models.bitstream.sem_file import MAX_PIXELS, inspect_code, read_sem, read_sem_bytes, write_sem
 from models.imageio import ImageReadError, atomic_save_image, read_label_map
 from models.palettes import label_map_to_pil
 from models.rate import bits_per_pixel

@@ -23,8 +23,7 @@ import numpy as np
 from numba import njit
 
 from models.bitstream.errors import BitstreamError
-from models.bitstream.range_coder import (decode_bit, encode_bit, finish_encoder, new_encoder,
-                                          start_decoder)
+from models.bitstream.range_coder import decode_bit, encode_bit, finish_encoder, new_encoder, start_decoder
 
 STRETCH_MAX = 3071  # logit domain in units of 1/256: logits up to +-12
 NUM_MODELS = 7  # context models mixed per decision

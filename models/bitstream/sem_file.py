@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.bitstream.caption_coder import (CAPTION_NONE, CAPTION_WORDS, MAX_CAPTION_BYTES,
-                                            decode_caption, encode_caption)
+from models.bitstream.caption_coder import (CAPTION_NONE, CAPTION_WORDS, MAX_CAPTION_BYTES, decode_caption,
+                                            encode_caption)
 from models.bitstream.errors import BitstreamError
 from models.bitstream.grid import downsample_label_map, grid_shape, upsample_label_map
 from models.bitstream.label_map_coder import decode_indices, encode_indices

@@ -30,12 +30,12 @@ from PIL import Image
 
 from models.config import Config, ConfigError, DecodeConfig
 from models.decode.control import control_tensor, resize_label_map
-from models.decode.controlnet_loader import (CheckpointFormatError, ControlNetSource, ControlSpec, check_checkpoint_path,
-                                  load_controlnet, resolve_control_spec)
+from models.decode.controlnet_loader import (CheckpointFormatError, ControlNetSource, ControlSpec,
+                                             check_checkpoint_path, load_controlnet, resolve_control_spec)
+from models.decode.sampling import SamplerPlan, combine, plan_sampler
 from models.decode.stable_diffusion import SDComponents, load_sd_components
 from models.imageio import RESIZE_FILTERS
 from models.palettes import VOID_LABEL
-from models.decode.sampling import SamplerPlan, combine, plan_sampler
 from models.semantic_code import SemanticCode
 
 # Samplers by name: (class, settings on top of the base model's noise schedule).

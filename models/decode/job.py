@@ -32,9 +32,11 @@ from torch.utils.data import DataLoader, Dataset
 from models.bitstream import BitstreamError, read_sem
 from models.config import Config
 from models.decode.decoder import ControlNetDecoder, check_label_map, form_batches, image_seed
-from models.imageio import ImageReadError, atomic_save_image, atomic_write_json, is_image_name, read_json, read_label_map, walk_files
+from models.imageio import (ImageReadError, atomic_save_image, atomic_write_json, is_image_name, read_json,
+                            read_label_map, walk_files)
 from models.layout import SEM_SUFFIX, RankRecords, read_consistently, read_prompts, stem_key
-from models.runtime import PRECISIONS, DeviceSpec, JobResult, OutputWriter, library_versions, prediction_trainer, print_job_report
+from models.runtime import (PRECISIONS, DeviceSpec, JobResult, OutputWriter, library_versions, prediction_trainer,
+                            print_job_report)
 from models.semantic_code import SemanticCode
 
 MANIFEST_FILE = "manifest.json"

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.encode.captioning import BlipCaptioner
 from models.config import Config
+from models.encode.captioning import BlipCaptioner
 from models.encode.segmentation import DeepLabV3Plus, load_segmenter
-from models.runtime import PRECISIONS
+from models.runtime import network_dtype
 from models.semantic_code import SemanticCode
 
 
@@ -25,7 +25,7 @@ class SemanticEncoder:
     def from_config(cls, config: Config, device: str | torch.device = "cpu") -> "SemanticEncoder":
         """Load both networks as configured; half precision only on a GPU."""
         device = torch.device(device)
-        dtype = PRECISIONS[config.encode.precision] if device.type == "cuda" else torch.float32
+        dtype = network_dtype(config.encode.precision, device)
         segmenter = load_segmenter(config.segmentation, device=device, dtype=dtype)
         captioner = BlipCaptioner.from_config(config.captioning, device=device, dtype=dtype)
         return cls(segmenter, captioner)

@@ -31,8 +31,8 @@ from models.bitstream import write_sem
 from models.config import Config
 from models.encode.encoder import SemanticEncoder
 from models.imageio import ImageReadError, InputFile, atomic_save_image, read_rgb
-from models.layout import (ENCODE_FORMATS, PROMPTS_FILE, RankRecords, label_map_relpath, list_inputs,
-                           read_consistently, read_prompts, sem_relpath, write_prompts)
+from models.layout import (ENCODE_FORMATS, PROMPTS_FILE, RankRecords, label_map_relpath, list_inputs, read_consistently,
+                           read_prompts, sem_relpath, write_prompts)
 from models.palettes import label_map_to_pil
 from models.runtime import PRECISIONS, DeviceSpec, JobResult, OutputWriter, prediction_trainer, print_job_report
 from models.semantic_code import SemanticCode

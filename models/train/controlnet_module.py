@@ -30,7 +30,8 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.optimization import get_scheduler
 
 from models.config import Config, ConfigError
-from models.decode.checkpoint_format import TRAINING_KEY, TrainedWeights, controlnet_config_dict, training_record, write_export
+from models.decode.checkpoint_format import (TRAINING_KEY, TrainedWeights, controlnet_config_dict, training_record,
+                                             write_export)
 from models.decode.control import conditioning_channels
 from models.decode.stable_diffusion import SDComponents, load_sd_components
 from models.train.data import derived_seed

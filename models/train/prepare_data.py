@@ -40,14 +40,14 @@ from tqdm import tqdm
 from models.cli import add_encoder_arguments, config_from_args
 from models.config import Config, ConfigError
 from models.encode.captioning import BlipCaptioner
-from models.encode.job import (ImageFiles, caption_records, label_map_path, merge_captions, plan_encode,
-                               read_captions, run_encode)
+from models.encode.job import (ImageFiles, caption_records, label_map_path, merge_captions, plan_encode, read_captions,
+                               run_encode)
 from models.encode.segmentation import CheckpointError
-from models.imageio import (ImageReadError, InputFile, atomic_path, atomic_save_image, atomic_write_json,
-                            is_image_name, read_json, read_label_map, read_rgb, walk_files)
+from models.imageio import (ImageReadError, InputFile, atomic_path, atomic_save_image, atomic_write_json, is_image_name,
+                            read_json, read_label_map, read_rgb, walk_files)
 from models.layout import PROMPTS_FILE, SPLITS, write_prompts
 from models.palettes import NUM_VOC_CLASSES, VOID_LABEL, label_map_to_pil
-from models.runtime import PRECISIONS, DeviceSpec, is_global_zero, resolve_devices
+from models.runtime import DeviceSpec, is_global_zero, network_dtype, resolve_devices
 
 MANIFEST_FILE = "prepare_data.json"
 LINK_MODES = ("hard", "symbolic", "copy")
@@ -322,8 +322,8 @@ def caption_ground_truth(placed: list[SourceItem], preparer: Preparer, config: C
     if devices.world_size > 1:
         print(f"note: ground-truth label maps need only captions; they run on {device}",
               file=sys.stderr)
-    dtype = PRECISIONS[config.encode.precision] if device.type == "cuda" else torch.float32
-    captioner = BlipCaptioner.from_config(config.captioning, device=device, dtype=dtype)
+    captioner = BlipCaptioner.from_config(config.captioning, device=device,
+                                          dtype=network_dtype(config.encode.precision, device))
     for split, items in todo.items():
         if items:
             caption_split(captioner, split, items, preparer, config)

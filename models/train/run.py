@@ -27,11 +27,11 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.strategies import DDPStrategy
 
 from models.config import Config, save_config
+from models.decode.stable_diffusion import SDComponents
+from models.runtime import DeviceSpec, is_global_zero
 from models.train.controlnet_module import ControlNetModule
 from models.train.data import DecoderDataModule
 from models.train.validation import ValidationImages
-from models.decode.stable_diffusion import SDComponents
-from models.runtime import DeviceSpec, is_global_zero
 
 CHECKPOINT_PATTERN = re.compile(r"step-(\d+)\.ckpt$")
 
