@@ -20,8 +20,9 @@ import pytest
 from PIL import Image
 
 from models.config import ConfigError
-from models.quickstart.recipe import (DEFAULT_MODEL_DIR, TRAINING_REPORT, Recipe, Stage, model_config,
-                               quality_report, stage_settings, train_all)
+from models.quickstart.model_folder import DEFAULT_MODEL_DIR, TRAINING_REPORT, model_config
+from models.quickstart.quality import quality_report
+from models.quickstart.recipe import Recipe, Stage, stage_settings, train_all
 from tests.threads import one_cpu_thread  # noqa: F401  (fixture)
 
 MODEL_DIR = os.environ.get("QUICKSTART_MODEL_DIR")
@@ -169,9 +170,7 @@ def test_the_demo_names_missing_weights_before_running(tmp_path, capsys):
 
 def test_settings_are_chosen_on_the_validation_split_train_py_sees(tmp_path):
     """``evaluate --split val`` draws the images of the data set's val split, not the held-out ones."""
-    from models.quickstart.recipe import IMAGE_SIZE, held_out_samples
-    from models.quickstart.shapes import write_shapes_dataset
-    from models.quickstart.trainers import read_split
+    from models.quickstart.shapes import IMAGE_SIZE, held_out_samples, read_split, write_shapes_dataset
 
     write_shapes_dataset(tmp_path, {"val": 3}, size=IMAGE_SIZE, seed=0)
     written = read_split(tmp_path, "val")
@@ -185,7 +184,8 @@ def test_settings_are_chosen_on_the_validation_split_train_py_sees(tmp_path):
 def test_the_recipe_is_changed_from_the_command_line(tmp_path):
     """``train --recipe KEY=VALUE`` changes one setting and keeps the shipped rest; a wrong key
     or value is refused with the list of keys or the expected kind of value."""
-    from models.quickstart.recipe import apply_recipe_overrides, main, text_encoder_architecture, unet_architecture
+    from models.quickstart.__main__ import main
+    from models.quickstart.recipe import apply_recipe_overrides, text_encoder_architecture, unet_architecture
 
     shipped = Recipe()
     recipe = apply_recipe_overrides(shipped, ["text_to_image.steps=8000", "text_to_image.learning_rate=1e-3",
@@ -214,7 +214,7 @@ def test_the_recipe_is_changed_from_the_command_line(tmp_path):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message without CUDA")
 def test_training_on_a_gpu_without_one_says_so(tmp_path):
-    from models.quickstart.recipe import main
+    from models.quickstart.__main__ import main
 
     with pytest.raises(SystemExit, match="CUDA is not available"):
         main(["train", "--device", "cuda", "--output_dir", str(tmp_path / "m"), "--work_dir", str(tmp_path / "w")])

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from models.quickstart.shapes import (BACKGROUND_COLORS, CLASS_BACKGROUND, CLASS_COLORS, SHAPE_CLASS_IDS, SHAPE_COLORS,
+                                      main, make_sample, write_shapes_dataset)
 from models.train.data import index_split, read_split_captions
-from models.quickstart.shapes import (BACKGROUND_COLORS, CLASS_BACKGROUND, CLASS_COLORS, SHAPE_CLASS_IDS,
-                           SHAPE_COLORS, main, make_sample, write_shapes_dataset)
 
 
 def test_samples_are_seeded():

@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.config import Config, ConfigError, load_config
-from models.quickstart.recipe import HELD_OUT_SPLIT, SHAPES_CONFIG, held_out_samples
+from models.config import PROJECT_ROOT, Config, ConfigError, load_config
+from models.quickstart.model_folder import SHAPES_CONFIG
+from models.quickstart.shapes import HELD_OUT_SPLIT, held_out_samples, write_samples
 
 CODECS = ("jpeg", "webp", "png", "avif", "jxl")
 METRICS = ("psnr", "ssim", "semantic")  # MS-SSIM needs sides > 160 px; LPIPS etc. need downloads
@@ -45,7 +46,8 @@ GRID_CELL = 128  # pixels per grid cell (shapes images are upscaled without smoo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m models.quickstart.demo",
+                                     description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--output_dir", default="reports/quickstart", help="the report folder")
     parser.add_argument("--config_path", default=str(SHAPES_CONFIG),
@@ -103,16 +105,7 @@ def clear_report_folder(output_dir: Path) -> None:
 
 def write_shapes_inputs(output_dir: Path, count: int, seed: int) -> dict[str, str]:
     """Held-out shapes images in ``originals/``, their exact maps in ``truth_maps/``; captions."""
-    from models.imageio import atomic_save_image
-    from models.palettes import label_map_to_pil
-
-    captions = {}
-    for index, sample in enumerate(held_out_samples(count, seed)):
-        name = f"shape_{index:05d}.png"
-        atomic_save_image(Image.fromarray(sample.image), output_dir / "originals" / name)
-        atomic_save_image(label_map_to_pil(sample.label_map), output_dir / "truth_maps" / name)
-        captions[name] = sample.caption
-    return captions
+    return write_samples(held_out_samples(count, seed), output_dir / "originals", output_dir / "truth_maps")
 
 
 # --- the chain ------------------------------------------------------------------------------------
@@ -189,8 +182,8 @@ def metrics_table(rows: list[dict], fits: dict[str, str]) -> str:
 def thumbnail(image: Image.Image) -> np.ndarray:
     """A grid cell GRID_CELL pixels high: small images enlarged without smoothing, large ones reduced."""
     size = (max(1, round(image.width * GRID_CELL / image.height)), GRID_CELL)
-    smaller = image.height > GRID_CELL
-    return np.asarray(image.convert("RGB").resize(size, Image.Resampling.LANCZOS if smaller else Image.Resampling.NEAREST))
+    resample = Image.Resampling.LANCZOS if image.height > GRID_CELL else Image.Resampling.NEAREST
+    return np.asarray(image.convert("RGB").resize(size, resample))
 
 
 def draw_grid(output_dir: Path, originals: Path, rows: list[dict], codecs: list[str], count: int) -> Path:
@@ -227,11 +220,12 @@ def encoder_accuracy(output_dir: Path, truth_captions: dict[str, str], num_class
     """For generated shapes: the transmitted maps against the exact ones (mIoU), and the share of
     captions equal to the data set's."""
     from models.bitstream import read_sem
-    from models.palettes import label_map_from_pil
-    from models.quickstart.recipe import dataset_miou
+    from models.imageio import read_label_map
+    from models.layout import label_map_relpath, sem_relpath
+    from models.quickstart.quality import dataset_miou
 
-    codes = {name: read_sem((output_dir / "semantic" / name).with_suffix(".sem")) for name in truth_captions}
-    truths = [label_map_from_pil(Image.open(output_dir / "truth_maps" / name)) for name in codes]
+    codes = {name: read_sem(output_dir / "semantic" / sem_relpath(name)) for name in truth_captions}
+    truths = [read_label_map(output_dir / "truth_maps" / label_map_relpath(name)) for name in codes]
     return {"segmenter_miou": dataset_miou(truths, [c.label_map for c in codes.values()], num_classes),
             "caption_accuracy": float(np.mean([codes[n].caption == c for n, c in truth_captions.items()]))}
 
@@ -275,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             raise ValueError(f"{args.config_path} names models that are not on this machine: "
                              f"{', '.join(missing)}; see checkpoints/README.md (the shipped small "
-                             f"system needs no downloads: --config_path {SHAPES_CONFIG.relative_to(SHAPES_CONFIG.parents[1])})")
+                             f"system needs no downloads: --config_path {SHAPES_CONFIG.relative_to(PROJECT_ROOT)})")
         if args.input_dir is not None and not Path(args.input_dir).is_dir():
             raise ValueError(f"--input_dir {args.input_dir} is not a folder")
         if args.input_dir is not None and _inside(Path(args.input_dir), output_dir):

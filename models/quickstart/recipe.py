@@ -1,53 +1,45 @@
-"""The quickstart system: small models trained on synthetic shapes, shipped in checkpoints/shapes/.
+"""The quickstart recipe: small models of the real architectures, trained on synthetic shapes.
 
-    python -m models.quickstart train --output_dir checkpoints/shapes   # every model, seeded, on CPU
-    python -m models.quickstart evaluate [--model_dir checkpoints/shapes] # the end-to-end quality check
-
-``train`` writes a shapes data set (``models.quickstart.shapes``, seed ``--seed``) into ``--work_dir`` and
-trains, in order: the DeepLabV3+ segmenter, the BLIP captioner, the VAE, the UNet with its CLIP
-text encoder (``models.quickstart.trainers``), then the ControlNet with ``train.py`` on those frozen
-components. The model folder holds every component in its real on-disk format, stored in
-float16 (loading upcasts to float32):
-
-    segmentation.safetensors   DeepLabV3+ (models.encode.segmentation.save_checkpoint)
-    blip/                      BlipForConditionalGeneration + BlipProcessor (save_pretrained)
-    stable-diffusion/          an SD1.5-style diffusers folder: vae, text_encoder, tokenizer, unet, scheduler
-    controlnet/                the ControlNet train.py exported (save_pretrained + semantic_compression.json)
-    training.json              seeds, steps, losses, timings, thread count and library versions
-
-``configs/shapes.yaml`` points every script at ``checkpoints/shapes/``. ``evaluate`` encodes
-held-out shapes images (a split never used in training), decodes them, re-segments the
-reconstructions and compares them with the transmitted label maps (``quality_report``).
+``train_all`` (``python -m models.quickstart train``) writes a shapes data set
+(``models.quickstart.shapes``, seed ``seed``) into the work folder and trains, in order: the
+DeepLabV3+ segmenter, the BLIP captioner, the VAE, the UNet with its CLIP text encoder (loops in
+``models.quickstart.trainers``), then the ControlNet with ``train.py`` on those frozen components.
+It writes the model folder of ``models.quickstart.model_folder``, every component in its real
+on-disk format, stored in float16 (loading upcasts to float32). A stage that already finished with
+the same settings (recorded in the work folder) is not trained again.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from models.config import PROJECT_ROOT, Config, ConfigError, load_config, set_dotted, without_paths
+from models.decode.checkpoint_format import EXPORT_METADATA
 from models.imageio import atomic_write_json
+from models.quickstart.model_folder import (BLIP_DIR, CONTROLNET_DIR, SD_DIR, SEGMENTATION_FILE, SHAPES_CONFIG,
+                                            TRAINING_REPORT)
+from models.quickstart.shapes import IMAGE_SIZE, ShapesSplit, read_split, write_shapes_dataset
+from models.quickstart.trainers import (build_captioner, caption_words, train_autoencoder, train_captioner,
+                                        train_segmenter, train_text_to_image)
 from models.runtime import library_versions
 
-SHAPES_CONFIG = PROJECT_ROOT / "configs" / "shapes.yaml"
-DEFAULT_MODEL_DIR = PROJECT_ROOT / "checkpoints" / "shapes"
-IMAGE_SIZE = 64  # shapes images are IMAGE_SIZE x IMAGE_SIZE
-HELD_OUT_SPLIT = "test"  # models.quickstart.shapes split that training never sees
-SEGMENTATION_FILE = "segmentation.safetensors"
-BLIP_DIR, SD_DIR, CONTROLNET_DIR = "blip", "stable-diffusion", "controlnet"
-TRAINING_REPORT = "training.json"
 TOKENIZER_LENGTH = 32  # CLIP tokens per caption (SD1.5: 77); the longest shapes caption needs 24
+VALIDATION_IMAGES = 64  # shapes val split: the images whose loss train.py reports
 
 
 @dataclass
@@ -63,7 +55,7 @@ class Stage:
 class Recipe:
     """Everything the training command decides; the defaults are the shipped models' settings."""
 
-    train_images: int = 4000  # shapes training split (validation: 64 images)
+    train_images: int = 4000  # shapes training split (validation: VALIDATION_IMAGES)
     segmenter: Stage = field(default_factory=lambda: Stage(3000, 16, 3e-3))
     captioner: Stage = field(default_factory=lambda: Stage(4000, 32, 2e-3))
     autoencoder: Stage = field(default_factory=lambda: Stage(3000, 16, 2e-3))
@@ -136,10 +128,10 @@ NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.0
 
 # --- training -------------------------------------------------------------------------------------
 
-def train_segmentation(config: Config, data, stage: Stage, seed: int, output_dir: Path, device: str = "cpu") -> dict:
+def train_segmentation(config: Config, data: ShapesSplit, stage: Stage, seed: int, output_dir: Path,
+                       device: str = "cpu") -> dict:
     """DeepLabV3+ with the architecture of ``config.segmentation``, saved as float16 safetensors."""
     from models.encode.segmentation import DeepLabV3Plus, save_checkpoint
-    from models.quickstart.trainers import train_segmenter
 
     torch.manual_seed(seed)
     model = DeepLabV3Plus.from_config(config.segmentation)
@@ -148,10 +140,8 @@ def train_segmentation(config: Config, data, stage: Stage, seed: int, output_dir
     return {"final_loss": mean_tail(losses)}
 
 
-def train_blip(data, stage: Stage, seed: int, output_dir: Path, device: str = "cpu") -> dict:
+def train_blip(data: ShapesSplit, stage: Stage, seed: int, output_dir: Path, device: str = "cpu") -> dict:
     """The BLIP captioner and its processor, saved with ``save_pretrained`` in float16."""
-    from models.quickstart.trainers import build_captioner, train_captioner
-
     torch.manual_seed(seed)
     model, processor = build_captioner(IMAGE_SIZE, output_dir / BLIP_DIR, BLIP_ARCHITECTURE)
     losses = train_captioner(model, processor, data, stage.steps, stage.batch_size, stage.learning_rate, seed,
@@ -165,7 +155,6 @@ def build_tokenizer(folder: Path):
     """A CLIP BPE tokenizer whose vocabulary holds every shapes-caption word as one token."""
     from transformers import CLIPTokenizer
 
-    from models.quickstart.trainers import caption_words
     from models.tiny.components import write_clip_tokenizer_files
 
     write_clip_tokenizer_files(folder, caption_words())
@@ -173,14 +162,12 @@ def build_tokenizer(folder: Path):
                          model_max_length=TOKENIZER_LENGTH)
 
 
-def train_stable_diffusion(data, recipe: Recipe, seed: int, output_dir: Path, work_dir: Path,
+def train_stable_diffusion(data: ShapesSplit, recipe: Recipe, seed: int, output_dir: Path, work_dir: Path,
                            device: str = "cpu") -> dict:
     """VAE first, then UNet and text encoder on its latents; one SD1.5-style diffusers folder."""
     from diffusers import (AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusionPipeline,
                            UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from models.quickstart.trainers import train_autoencoder, train_text_to_image
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(**VAE_ARCHITECTURE)
@@ -217,11 +204,7 @@ def train_controlnet(config_path: Path, sd_dir: Path, data_root: Path, run_dir: 
     """``train.py`` on the frozen components (settings: the config's train section), run as a
     user runs it; then its export (ControlNet, trained UNet decoder half, metadata) copied with
     the weights stored in float16."""
-    import subprocess
-
     from safetensors.torch import load_file, save_file
-
-    from models.decode.controlnet_loader import EXPORT_METADATA
 
     command = [sys.executable, str(PROJECT_ROOT / "train.py"), "--config_path", str(config_path),
                "--sd_model_path", str(sd_dir), "--data_root", str(data_root), "--output_dir", str(run_dir),
@@ -231,6 +214,7 @@ def train_controlnet(config_path: Path, sd_dir: Path, data_root: Path, run_dir: 
     if max_steps is not None:
         command += ["--max_steps", str(max_steps)]
     print("$ " + " ".join(command), flush=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # train.py refuses a used folder
     status = subprocess.run(command, cwd=PROJECT_ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)}).returncode
     if status != 0:
         raise RuntimeError(f"train.py failed (exit status {status}); see its messages above")
@@ -255,12 +239,17 @@ def mean_tail(losses: list[float], count: int = 100) -> float:
     return float(np.mean(losses[-count:]))
 
 
-def _run_stage(name: str, threads: int, function, *arguments) -> tuple[str, dict]:
-    """One stage in a worker process: fixed thread count, its result and its duration."""
-    torch.set_num_threads(threads)
+def timed(function: Callable[..., dict], *arguments) -> dict:
+    """``function(*arguments)``, a dict, with its duration added as ``seconds``."""
     start = time.perf_counter()
     result = function(*arguments)
-    return name, {**result, "seconds": round(time.perf_counter() - start, 1)}
+    return {**result, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _run_stage(name: str, threads: int, function: Callable[..., dict], *arguments) -> tuple[str, dict]:
+    """One stage in a worker process at a fixed thread count: its name and timed result."""
+    torch.set_num_threads(threads)
+    return name, timed(function, *arguments)
 
 
 def stage_settings(name: str, config: Config, recipe: Recipe, seed: int, threads: int, device: str = "cpu") -> dict:
@@ -283,7 +272,7 @@ def stage_settings(name: str, config: Config, recipe: Recipe, seed: int, threads
 
 STAGE_OUTPUTS = {"segmenter": SEGMENTATION_FILE, "captioner": f"{BLIP_DIR}/model.safetensors",
                  "stable_diffusion": f"{SD_DIR}/model_index.json",
-                 "controlnet": f"{CONTROLNET_DIR}/semantic_compression.json"}
+                 "controlnet": f"{CONTROLNET_DIR}/{EXPORT_METADATA}"}  # written last
 
 
 def finished_stage(work_dir: Path, output_dir: Path, name: str, settings: dict) -> dict | None:
@@ -300,6 +289,24 @@ def record_stage(work_dir: Path, name: str, settings: dict, result: dict) -> Non
     atomic_write_json(work_dir / "stages" / f"{name}.json", {"settings": settings, "result": result})
 
 
+def train_in_parallel(stages: list[tuple], settings: dict[str, dict], work_dir: Path, output_dir: Path,
+                      threads: int, workers: int) -> dict[str, dict]:
+    """Each stage's result (a stage: name, function, arguments): recorded when it already finished
+    with its settings, else trained in one of ``workers`` processes of ``threads`` threads."""
+    results = {name: finished_stage(work_dir, output_dir, name, settings[name]) for name, *_ in stages}
+    for name, result in results.items():
+        if result is not None:
+            print(f"{name}: already trained with these settings ({output_dir / STAGE_OUTPUTS[name]})", flush=True)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_run_stage, name, threads, function, *arguments)
+                   for name, function, *arguments in stages if results[name] is None]
+        for future in futures:
+            name, result = future.result()
+            record_stage(work_dir, name, settings[name], result)
+            results[name] = result
+    return results
+
+
 def train_all(output_dir: str | Path, work_dir: str | Path, seed: int = 0, threads: int = 1,
               workers: int = 2, recipe: Recipe = Recipe(), config_path: str | Path = SHAPES_CONFIG,
               fresh: bool = False, device: str = "cpu") -> dict:
@@ -313,46 +320,26 @@ def train_all(output_dir: str | Path, work_dir: str | Path, seed: int = 0, threa
     ``device`` "cuda" trains every stage (the ControlNet too) on the GPU, far faster than on the
     CPU and with other float rounding, so other bits than a CPU run.
     """
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    from models.quickstart.shapes import write_shapes_dataset
-    from models.quickstart.trainers import read_split
-
     output_dir, work_dir = Path(output_dir).resolve(), Path(work_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     if fresh:
         shutil.rmtree(work_dir / "stages", ignore_errors=True)
     start = time.perf_counter()
-    config = load_config(config_path)
-    data_root = work_dir / "data"
-    write_shapes_dataset(data_root, {"train": recipe.train_images, "val": 64}, size=IMAGE_SIZE, seed=seed)
+    config, data_root = load_config(config_path), work_dir / "data"
+    write_shapes_dataset(data_root, {"train": recipe.train_images, "val": VALIDATION_IMAGES}, seed=seed)
     data = read_split(data_root, "train")
     stages = [("stable_diffusion", train_stable_diffusion, data, recipe, seed, output_dir, work_dir, device),
               ("segmenter", train_segmentation, config, data, recipe.segmenter, seed, output_dir, device),
               ("captioner", train_blip, data, recipe.captioner, seed, output_dir, device)]
     settings = {name: stage_settings(name, config, recipe, seed, threads, device) for name, *_ in stages}
-    results = {name: finished_stage(work_dir, output_dir, name, settings[name]) for name in settings}
-    for name, result in results.items():
-        if result is not None:
-            print(f"{name}: already trained with these settings ({output_dir / STAGE_OUTPUTS[name]})", flush=True)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_run_stage, name, threads, function, *arguments)
-                   for name, function, *arguments in stages if results[name] is None]
-        for future in futures:
-            name, result = future.result()
-            record_stage(work_dir, name, settings[name], result)
-            results[name] = result
+    results = train_in_parallel(stages, settings, work_dir, output_dir, threads, workers)
     settings["controlnet"] = {**stage_settings("controlnet", config, recipe, seed, threads * workers, device),
                               "stable_diffusion": settings["stable_diffusion"]}
     results["controlnet"] = finished_stage(work_dir, output_dir, "controlnet", settings["controlnet"])
     if results["controlnet"] is None:
-        shutil.rmtree(work_dir / "controlnet_run", ignore_errors=True)  # train.py refuses a used folder
-        controlnet_start = time.perf_counter()
-        results["controlnet"] = train_controlnet(Path(config_path).resolve(), output_dir / SD_DIR, data_root,
-                                                 work_dir / "controlnet_run", seed, threads * workers, output_dir,
-                                                 recipe.controlnet_steps, device)
-        results["controlnet"]["seconds"] = round(time.perf_counter() - controlnet_start, 1)
+        results["controlnet"] = timed(train_controlnet, Path(config_path).resolve(), output_dir / SD_DIR, data_root,
+                                      work_dir / "controlnet_run", seed, threads * workers, output_dir,
+                                      recipe.controlnet_steps, device)
         record_stage(work_dir, "controlnet", settings["controlnet"], results["controlnet"])
     report = {"seed": seed, "device": device_name(device), "threads_per_process": threads, "worker_processes": workers,
               "recipe": asdict(recipe), "config": str(Path(config_path).name), "stages": results,
@@ -370,143 +357,3 @@ def software_versions() -> dict:
     """Versions that decide the trained weights' bits (with the seed and the thread count)."""
     return {**library_versions("torch", "diffusers", "transformers", "timm", "segmentation_models_pytorch"),
             "processor": platform.processor() or platform.machine()}
-
-
-# --- the end-to-end quality check ---------------------------------------------------------------
-
-def model_config(model_dir: str | Path | None = None, config_path: str | Path = SHAPES_CONFIG,
-                 extra_overrides: list[str] | None = None) -> Config:
-    """``configs/shapes.yaml``, with every model path moved into ``model_dir`` when given, then
-    ``extra_overrides`` ("section.key=value") applied."""
-    overrides = []
-    if model_dir is not None:
-        model_dir = Path(model_dir).resolve()
-        for key, name in (("segmentation.checkpoint", SEGMENTATION_FILE), ("captioning.model", BLIP_DIR),
-                          ("diffusion.sd_model_path", SD_DIR), ("diffusion.controlnet_path", CONTROLNET_DIR)):
-            overrides.append(f"{key}={json.dumps(str(model_dir / name))}")
-    return load_config(config_path, overrides + list(extra_overrides or []))
-
-
-def held_out_samples(count: int, seed: int = 0, split: str = HELD_OUT_SPLIT) -> list:
-    """The first ``count`` shapes samples of ``split`` (``models.quickstart.shapes``' seeds): by default the
-    split that training never uses; ``val`` (train.py's validation images) is for choosing settings."""
-    from models.quickstart.shapes import SPLIT_IDS, make_sample
-
-    return [make_sample([seed, SPLIT_IDS[split], index], size=IMAGE_SIZE) for index in range(count)]
-
-
-def dataset_miou(label_maps: list[np.ndarray], predictions: list[np.ndarray], num_classes: int) -> float:
-    """mIoU over all pixels of a set (one confusion matrix), as ``sem_miou_dataset`` reports it."""
-    from models.evaluation.metrics import confusion_matrix, mean_iou
-
-    return mean_iou(sum(confusion_matrix(truth, predicted, num_classes)
-                        for truth, predicted in zip(label_maps, predictions)))
-
-
-@dataclass
-class QualityReport:
-    """How well the system keeps the label map, measured on held-out shapes images."""
-
-    images: int
-    segmenter_miou: float  # the segmenter on the originals vs the exact label maps
-    end_to_end_miou: float  # reconstructions re-segmented vs the transmitted label maps
-    shuffled_miou: float  # decoded from other images' maps (same captions) vs the transmitted maps
-    caption_accuracy: float  # share of BLIP captions equal to the data set's
-    seconds: float
-
-    def passes(self) -> bool:
-        """The acceptance thresholds of the quickstart (issue 7)."""
-        return (self.segmenter_miou >= 0.9 and self.end_to_end_miou >= 0.75
-                and self.shuffled_miou < 0.6 * self.end_to_end_miou)
-
-
-def quality_report(config: Config, count: int = 16, seed: int = 0, split: str = HELD_OUT_SPLIT) -> QualityReport:
-    """Encode held-out images, send the codes through the ``.sem`` format, decode, re-segment."""
-    from models.bitstream import decode_code, encode_code
-    from models.decode.decoder import ControlNetDecoder, image_seed
-    from models.encode.encoder import SemanticEncoder
-    from models.semantic_code import SemanticCode
-
-    start = time.perf_counter()
-    samples = held_out_samples(count, seed, split)
-    encoder = SemanticEncoder.from_config(config)
-    codes = [decode_code(encode_code(code)) for code in encoder.encode([s.image for s in samples])]
-    maps, classes = [code.label_map for code in codes], config.segmentation.num_classes
-    decoder = ControlNetDecoder.from_config(config)
-    seeds = [image_seed(config.decode.seed, f"shape_{index:05d}") for index in range(count)]
-    decoded = decoder.decode(codes, seeds, config.decode.batch_size)
-    shuffled = [SemanticCode(maps[(i + 1) % count], code.caption) for i, code in enumerate(codes)]
-    decoded_shuffled = decoder.decode(shuffled, seeds, config.decode.batch_size)
-    return QualityReport(
-        images=count,
-        segmenter_miou=dataset_miou([s.label_map for s in samples], maps, classes),
-        end_to_end_miou=dataset_miou(maps, encoder.segmenter.predict(decoded), classes),
-        shuffled_miou=dataset_miou(maps, encoder.segmenter.predict(decoded_shuffled), classes),
-        caption_accuracy=float(np.mean([c.caption == s.caption for c, s in zip(codes, samples)])),
-        seconds=round(time.perf_counter() - start, 1))
-
-
-# --- command line ---------------------------------------------------------------------------------
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train every small model on generated shapes",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train.add_argument("--output_dir", default=str(DEFAULT_MODEL_DIR), help="the model folder to write")
-    train.add_argument("--work_dir", default="runs/quickstart",
-                       help="data set and train.py run folder (not shipped)")
-    train.add_argument("--config_path", default=str(SHAPES_CONFIG),
-                       help="architecture of the segmenter and the ControlNet's training settings")
-    train.add_argument("--seed", type=int, default=0, help="seed of the data set and of every model")
-    train.add_argument("--threads", type=int, default=1,
-                       help="torch threads per process (the float results depend on it)")
-    train.add_argument("--workers", type=int, default=2, help="processes for the independent models")
-    train.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                       help="where every stage trains (a GPU: far faster, other bits than the CPU)")
-    train.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",
-                       help="change the recipe, e.g. text_to_image.steps=8000 (repeatable; default: the shipped one)")
-    train.add_argument("--fresh", action="store_true",
-                       help="train every stage again (default: skip stages already trained with the same settings)")
-    evaluate = commands.add_parser("evaluate", help="end-to-end quality on held-out shapes images",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    evaluate.add_argument("--model_dir", default=None,
-                          help="a model folder written by 'train' (default: the config's paths)")
-    evaluate.add_argument("--config_path", default=str(SHAPES_CONFIG), help="YAML config")
-    evaluate.add_argument("--num_images", type=int, default=32, help="held-out images")
-    evaluate.add_argument("--seed", type=int, default=0, help="data-set seed of the held-out split")
-    evaluate.add_argument("--split", default=HELD_OUT_SPLIT, choices=("val", HELD_OUT_SPLIT),
-                          help="shapes split: 'val' to choose settings, the held-out split to report")
-    evaluate.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                          help="config override, e.g. decode.guidance_scale=2 (repeatable)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.command == "train":
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise SystemExit("--device cuda: CUDA is not available here; train with --device cpu")
-        try:
-            recipe = apply_recipe_overrides(Recipe(), args.recipe)
-        except ConfigError as error:
-            raise SystemExit(f"quickstart train: {error}") from None
-        report = train_all(args.output_dir, args.work_dir, args.seed, args.threads, args.workers, recipe,
-                           args.config_path, args.fresh, args.device)
-        print(f"trained in {report['total_seconds'] / 60:.1f} min; models in {args.output_dir}")
-        return 0
-    try:
-        config = model_config(args.model_dir, args.config_path, args.override)
-    except ConfigError as error:
-        raise SystemExit(f"quickstart evaluate: {error}") from None
-    report = quality_report(config, args.num_images, args.seed, args.split)
-    for name, value in asdict(report).items():
-        print(f"{name:>18}: {value:.4f}" if isinstance(value, float) else f"{name:>18}: {value}")
-    print("meets the quickstart thresholds" if report.passes() else
-          "BELOW the quickstart thresholds (segmenter >= 0.9, end to end >= 0.75, shuffled < 0.6 x end to end)")
-    return 0 if report.passes() else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

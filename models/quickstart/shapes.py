@@ -12,24 +12,33 @@ the learning test needs and what a quick demonstration model can learn in minute
 Shape classes are stored under PASCAL VOC class ids 1..4 (aeroplane, bicycle, bird, boat);
 the ids are only labels here, chosen so that the files are ordinary VOC label maps.
 
+Sample ``index`` of a split is a pure function of ``[seed, split, index]`` (``split_sample``):
+training uses ``train`` and ``val``, the quality check and the demo ``test`` (``HELD_OUT_SPLIT``).
+
     python -m models.quickstart.shapes --data_root data/shapes --train 2000 --val 64 --size 64
 
 writes the training layout that ``models.train.data`` reads (``original_images/{split}/``,
-``segmented_images/{split}/`` with palette PNGs and ``prompts.json``).
+``segmented_images/{split}/`` with palette PNGs and ``prompts.json``); ``read_split`` reads a split
+back into memory for the quickstart's training loops.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from models.imageio import atomic_save_image, atomic_write_json
+from models.imageio import atomic_save_image, read_label_map, read_rgb
+from models.layout import PROMPTS_FILE, SPLITS, label_map_relpath, read_prompts, split_folders, write_prompts
 from models.palettes import label_map_to_pil
+
+IMAGE_SIZE = 64  # side of the quickstart system's images
+HELD_OUT_SPLIT = "test"  # the split that training never sees
 
 SHAPE_CLASS_IDS: dict[str, int] = {"circle": 1, "square": 2, "triangle": 3, "diamond": 4}
 SHAPE_COLORS: dict[str, tuple[int, int, int]] = {
@@ -44,7 +53,9 @@ BACKGROUND_COLORS: dict[str, tuple[int, int, int]] = {
 CLASS_COLORS = {"circle": "red", "square": "green", "triangle": "blue", "diamond": "yellow"}
 CLASS_BACKGROUND = "grey"
 COLOR_MODES = ("random", "by_class")
-SPLIT_IDS = {"train": 0, "val": 1, "test": 2}  # each split draws from its own seed stream
+# Each split draws from its own seed stream, its place in models.layout.SPLITS (train 0, val 1,
+# test 2): reordering SPLITS would change every sample.
+SPLIT_IDS = {split: stream for stream, split in enumerate(SPLITS)}
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,7 @@ class ShapesSample:
     background: str
 
 
-def make_sample(seed: int | list[int], size: int = 64, max_shapes: int = 3,
+def make_sample(seed: int | list[int], size: int = IMAGE_SIZE, max_shapes: int = 3,
                 color_mode: str = "random") -> ShapesSample:
     """A random sample, fully determined by ``seed`` (an int or a list of ints).
 
@@ -150,33 +161,76 @@ def caption(shapes: list[Shape], background: str, image_size: int) -> str:
     return f"{named} on a {background} background"
 
 
-def write_shapes_dataset(data_root: str | Path, counts: dict[str, int], size: int = 64,
-                         seed: int = 0, color_mode: str = "random") -> dict[str, int]:
-    """Write ``counts[split]`` samples per split in the training layout; return the counts."""
-    data_root = Path(data_root)
+def split_sample(split: str, index: int, seed: int = 0, size: int = IMAGE_SIZE,
+                 color_mode: str = "random") -> ShapesSample:
+    """Sample ``index`` of ``split`` in the data set of ``seed``."""
+    return make_sample([seed, SPLIT_IDS[split], index], size=size, color_mode=color_mode)
+
+
+def held_out_samples(count: int, seed: int = 0, split: str = HELD_OUT_SPLIT) -> list[ShapesSample]:
+    """The first ``count`` samples of ``split``: by default the split that training never uses;
+    ``val`` (train.py's validation images) is for choosing settings."""
+    return [split_sample(split, index, seed) for index in range(count)]
+
+
+def image_name(index: int) -> str:
+    """The file name of sample ``index`` (of any split)."""
+    return f"shape_{index:05d}.png"
+
+
+def write_samples(samples: Iterable[ShapesSample], image_dir: Path, label_map_dir: Path) -> dict[str, str]:
+    """Each sample's image into ``image_dir`` and its label map (palette PNG) into ``label_map_dir``,
+    named by position; returns the captions by image name."""
+    captions = {}
+    for index, sample in enumerate(samples):
+        name = image_name(index)
+        atomic_save_image(Image.fromarray(sample.image), image_dir / name)
+        atomic_save_image(label_map_to_pil(sample.label_map), label_map_dir / label_map_relpath(name))
+        captions[name] = sample.caption
+    return captions
+
+
+def write_shapes_dataset(data_root: str | Path, counts: dict[str, int], size: int = IMAGE_SIZE,
+                         seed: int = 0, color_mode: str = "random") -> None:
+    """Write ``counts[split]`` samples per split in the training layout."""
+    unknown = sorted(set(counts) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown split {unknown[0]!r}; use {list(SPLITS)}")
     for split, count in counts.items():
-        if split not in SPLIT_IDS:
-            raise ValueError(f"unknown split {split!r}; use {sorted(SPLIT_IDS)}")
-        captions = {}
-        for index in range(count):
-            sample = make_sample([seed, SPLIT_IDS[split], index], size=size, color_mode=color_mode)
-            name = f"shape_{index:05d}.png"
-            atomic_save_image(Image.fromarray(sample.image), data_root / "original_images" / split / name)
-            atomic_save_image(label_map_to_pil(sample.label_map),
-                              data_root / "segmented_images" / split / name)
-            captions[name] = sample.caption
-        atomic_write_json(data_root / "segmented_images" / split / "prompts.json", captions)
-    return dict(counts)
+        image_dir, label_map_dir = split_folders(data_root, split)
+        samples = (split_sample(split, index, seed, size, color_mode) for index in range(count))
+        write_prompts(label_map_dir / PROMPTS_FILE, write_samples(samples, image_dir, label_map_dir))
+
+
+@dataclass
+class ShapesSplit:
+    """One split of the shapes data, in memory."""
+
+    names: list[str]
+    images: np.ndarray  # (N, H, W, 3) uint8
+    label_maps: np.ndarray  # (N, H, W) uint8
+    captions: list[str]
+
+
+def read_split(data_root: str | Path, split: str) -> ShapesSplit:
+    """The split as ``models.quickstart.shapes`` wrote it (training layout), sorted by name."""
+    image_dir, label_map_dir = split_folders(data_root, split)
+    captions = read_prompts(label_map_dir / PROMPTS_FILE)
+    names = sorted(captions)
+    images = [np.asarray(read_rgb(image_dir / name)) for name in names]
+    label_maps = [read_label_map(label_map_dir / label_map_relpath(name)) for name in names]
+    return ShapesSplit(names, np.stack(images), np.stack(label_maps), [captions[n] for n in names])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m models.quickstart.shapes",
+                                     description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data_root", required=True, help="folder to write the layout into")
     parser.add_argument("--train", type=int, default=1000, help="training samples")
     parser.add_argument("--val", type=int, default=64, help="validation samples")
     parser.add_argument("--test", type=int, default=0, help="test samples")
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--size", type=int, default=IMAGE_SIZE, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0, help="seed of the whole data set")
     parser.add_argument("--color_mode", choices=COLOR_MODES, default="random",
                         help="random colours named by the caption, or one colour per class")
@@ -185,7 +239,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    counts = {split: getattr(args, split) for split in SPLIT_IDS if getattr(args, split) > 0}
+    counts = {split: getattr(args, split) for split in SPLITS if getattr(args, split) > 0}
     write_shapes_dataset(args.data_root, counts, size=args.size, seed=args.seed, color_mode=args.color_mode)
     print(f"wrote {counts} shapes samples of {args.size}x{args.size} under {args.data_root}")
     return 0

@@ -24,42 +24,15 @@ other float rounding) and returns the model on the CPU.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
-from models.palettes import label_map_from_pil
-
-
-@dataclass
-class ShapesSplit:
-    """One split of the shapes data, in memory."""
-
-    names: list[str]
-    images: np.ndarray  # (N, H, W, 3) uint8
-    label_maps: np.ndarray  # (N, H, W) uint8
-    captions: list[str]
-
-
-def read_split(data_root: str | Path, split: str) -> ShapesSplit:
-    """The split as ``models.quickstart.shapes`` wrote it (training layout), sorted by name."""
-    data_root = Path(data_root)
-    captions = json.loads((data_root / "segmented_images" / split / "prompts.json").read_text(encoding="utf-8"))
-    names = sorted(captions)
-    images, label_maps = [], []
-    for name in names:
-        with Image.open(data_root / "original_images" / split / name) as image:
-            images.append(np.asarray(image.convert("RGB")))
-        with Image.open(data_root / "segmented_images" / split / name) as label_map:
-            label_maps.append(label_map_from_pil(label_map))
-    return ShapesSplit(names, np.stack(images), np.stack(label_maps), [captions[n] for n in names])
+from models.quickstart.shapes import BACKGROUND_COLORS, SHAPE_CLASS_IDS, SHAPE_COLORS, ShapesSplit
 
 
 def batches(count: int, batch_size: int, steps: int, rng: np.random.Generator):
@@ -150,8 +123,6 @@ def train_segmenter(model, data: ShapesSplit, steps: int, batch_size: int, learn
 
 def caption_words() -> list[str]:
     """Every word (and the comma) a shapes caption can contain, sorted."""
-    from models.quickstart.shapes import BACKGROUND_COLORS, SHAPE_CLASS_IDS, SHAPE_COLORS
-
     words = {"a", "an", "and", "on", "background", "small", "large", ","}
     for name in [*SHAPE_COLORS, *BACKGROUND_COLORS, *SHAPE_CLASS_IDS]:
         words.update(name.split())
