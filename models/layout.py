@@ -9,7 +9,8 @@
 - per-process records (``RankRecords``): while a job runs on several processes, each appends
   JSON lines to its own ``.<name>.rank<R>.jsonl``; rank 0 folds them into the job's file at the end
   (and the next run folds what an interrupted one left);
-- ``SPLITS``: the data splits of the training layout (``original_images/<split>/``).
+- the training layout: ``<data_root>/original_images/<split>/`` (photographs) and
+  ``<data_root>/segmented_images/<split>/`` (label maps and ``prompts.json``), ``SPLITS``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ PROMPTS_FILE = "prompts.json"
 SEM_SUFFIX = ".sem"  # the file extension of semantic codes (models.bitstream)
 LABEL_MAP_SUFFIX = ".png"
 SPLITS = ("train", "val", "test")
+IMAGES_FOLDER, LABEL_MAPS_FOLDER = "original_images", "segmented_images"  # of the training layout
 ENCODE_FORMATS = ("both", "sem", "png")  # what an encoding job writes: .sem files, label-map PNGs + prompts.json
 T = TypeVar("T")
 
@@ -45,6 +47,12 @@ def label_map_relpath(relpath: str) -> str:
 def sem_relpath(relpath: str) -> str:
     """Where the ``.sem`` file of the image at ``relpath`` goes, relative to an output folder."""
     return stem_key(relpath) + SEM_SUFFIX
+
+
+def split_folders(data_root: str | os.PathLike, split: str) -> tuple[Path, Path]:
+    """The image folder and the label-map folder (which holds ``prompts.json``) of ``split`` in the
+    training layout."""
+    return Path(data_root) / IMAGES_FOLDER / split, Path(data_root) / LABEL_MAPS_FOLDER / split
 
 
 def read_prompts(path: str | os.PathLike, required: bool = True) -> dict[str, str]:

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from models.config import Config
 from models.decode.control import control_tensor, resize_label_map
 from models.imageio import ImageReadError, is_image_name, read_label_map, read_rgb, walk_files
-from models.layout import PROMPTS_FILE, label_map_relpath, read_prompts
+from models.layout import LABEL_MAPS_FOLDER, PROMPTS_FILE, label_map_relpath, read_prompts, split_folders
 from models.runtime import is_global_zero
 
 EXAMPLES_SHOWN = 3  # file names printed per kind of problem
@@ -87,7 +87,7 @@ class SplitIndex:
 
 def read_split_captions(data_root: Path, split: str) -> dict[str, str]:
     """Captions of ``split`` keyed by path relative to ``original_images/<split>/``."""
-    segmented = data_root / "segmented_images"
+    segmented = data_root / LABEL_MAPS_FOLDER
     captions = {}
     for key, caption in read_prompts(segmented / PROMPTS_FILE, required=False).items():
         head, _, rel = key.partition("/")
@@ -100,7 +100,7 @@ def read_split_captions(data_root: Path, split: str) -> dict[str, str]:
 def index_split(data_root: str | Path, split: str, check_headers: bool = True) -> SplitIndex:
     """Match images, label maps and captions of one split by relative path."""
     data_root = Path(data_root)
-    image_dir, label_dir = data_root / "original_images" / split, data_root / "segmented_images" / split
+    image_dir, label_dir = split_folders(data_root, split)
     index = SplitIndex(split)
     captions = read_split_captions(data_root, split)
     images = {f.relpath: f.path for f in walk_files(image_dir)} if image_dir.is_dir() else {}

@@ -45,7 +45,7 @@ from models.encode.job import (ImageFiles, caption_records, label_map_path, merg
 from models.encode.segmentation import CheckpointError
 from models.imageio import (ImageReadError, InputFile, atomic_path, atomic_save_image, atomic_write_json, is_image_name,
                             read_json, read_label_map, read_rgb, walk_files)
-from models.layout import PROMPTS_FILE, SPLITS, write_prompts
+from models.layout import IMAGES_FOLDER, LABEL_MAPS_FOLDER, PROMPTS_FILE, SPLITS, write_prompts
 from models.palettes import NUM_VOC_CLASSES, VOID_LABEL, label_map_to_pil
 from models.runtime import DeviceSpec, is_global_zero, network_dtype, resolve_devices
 
@@ -225,14 +225,14 @@ class Preparer:
         return self.data_root / folder / split
 
     def image_path(self, item: SourceItem) -> Path:
-        return self.split_dir("original_images", item.split) / item.relpath
+        return self.split_dir(IMAGES_FOLDER, item.split) / item.relpath
 
     def map_path(self, item: SourceItem) -> Path:
-        return label_map_path(self.split_dir("segmented_images", item.split), item.relpath)
+        return label_map_path(self.split_dir(LABEL_MAPS_FOLDER, item.split), item.relpath)
 
     def fail(self, split: str, relpath: str, reason: str) -> None:
         """Record a failure of a file in the layout under the name of its source file."""
-        layout_path = self.split_dir("original_images", split) / relpath
+        layout_path = self.split_dir(IMAGES_FOLDER, split) / relpath
         self.failures[str(self.sources.get(layout_path, layout_path))] = reason
 
     def place(self, item: SourceItem) -> bool:
@@ -276,7 +276,7 @@ def find_split_conflicts(items: list[SourceItem], data_root: Path) -> dict[str, 
     conflicts = {}
     for item in items:
         for other in SPLITS:
-            if other != item.split and (data_root / "original_images" / other / item.relpath).exists():
+            if other != item.split and (data_root / IMAGES_FOLDER / other / item.relpath).exists():
                 conflicts[str(item.image)] = (
                     f"already in original_images/{other}/ but now assigned to {item.split}; the "
                     f"source changed since the last run: use a fresh --data_root")
@@ -293,7 +293,7 @@ def caption_device(devices: DeviceSpec) -> torch.device:
 def caption_split(captioner: BlipCaptioner, split: str, todo: list[SourceItem],
                   preparer: Preparer, config: Config) -> None:
     """Caption ``todo`` (images of one split), saving ``prompts.json`` after each batch."""
-    output_dir = preparer.split_dir("segmented_images", split)
+    output_dir = preparer.split_dir(LABEL_MAPS_FOLDER, split)
     captions = read_captions(output_dir)
     files = [InputFile(preparer.image_path(item), item.relpath) for item in todo]
     loader = DataLoader(ImageFiles(files, config.encode.max_pixels), collate_fn=list,
@@ -314,7 +314,7 @@ def caption_ground_truth(placed: list[SourceItem], preparer: Preparer, config: C
     """BLIP captions for the placed images that have none; BLIP is loaded only if needed."""
     todo = {}
     for split in SPLITS:
-        captions = read_captions(preparer.split_dir("segmented_images", split))
+        captions = read_captions(preparer.split_dir(LABEL_MAPS_FOLDER, split))
         todo[split] = [i for i in placed if i.split == split and i.relpath not in captions]
     if not any(todo.values()):
         return
@@ -332,8 +332,8 @@ def caption_ground_truth(placed: list[SourceItem], preparer: Preparer, config: C
 def encode_predicted(preparer: Preparer, config: Config, devices: DeviceSpec) -> bool:
     """Run the encoder job on each split folder, as process_input.py would; False on rank > 0."""
     for split in SPLITS:
-        input_dir = preparer.split_dir("original_images", split)
-        output_dir = preparer.split_dir("segmented_images", split)
+        input_dir = preparer.split_dir(IMAGES_FOLDER, split)
+        output_dir = preparer.split_dir(LABEL_MAPS_FOLDER, split)
         if not input_dir.is_dir():
             continue
         plan = plan_encode(input_dir, output_dir)
@@ -438,7 +438,7 @@ def check_data_root(source_dir: Path, data_root: Path) -> None:
     if source_dir == data_root.resolve() or source_dir in data_root.resolve().parents:
         raise ValueError(f"--data_root {data_root} is inside the source {source_dir}; choose a "
                          f"folder outside it so that the source is never touched")
-    for folder in ("original_images", "segmented_images"):
+    for folder in (IMAGES_FOLDER, LABEL_MAPS_FOLDER):
         if (data_root / folder).resolve() in (source_dir, *source_dir.parents):
             raise ValueError(f"the source {source_dir} is inside {data_root / folder}, which this "
                              f"command writes; move it or choose another --data_root")
