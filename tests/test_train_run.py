@@ -54,7 +54,7 @@ def test_ddp_on_two_cpu_processes_writes_one_checkpoint_and_one_export(tiny_conf
 
 def test_validation_images_are_what_process_decoding_writes(tiny_config, tmp_path):
     """The validation images of a short run equal process_decoding.py's output for the exported
-    weights with the same captions, seeds and settings; the untrained ControlNet gives others."""
+    (EMA) weights with the same captions, seeds and settings; the untrained ControlNet gives others."""
     data = tmp_path / "data"
     write_shapes_dataset(data, {"train": 4, "val": 2}, size=64, seed=1)
     settings = ["--config_path", str(tiny_config), "--accelerator", "cpu", "--override", "decode.seed=7",
@@ -62,6 +62,7 @@ def test_validation_images_are_what_process_decoding_writes(tiny_config, tmp_pat
     assert train.main(settings + ["--data_root", str(data), "--output_dir", str(tmp_path / "run"), "--devices", "1",
                                   "--max_steps", "2", "--batch_size_per_gpu", "2", "--learning_rate", "1e-3",
                                   "--override", "train.warmup_steps=0", "--override", "train.val_every_n_steps=2",
+                                  "--override", "train.ema_decay=0.5",
                                   "--override", "train.validation_inference_steps=null", "--no_progress_bar"]) == 0
     validation = sorted((tmp_path / "run/validation/step-0000002").iterdir())
     assert [path.name for path in validation] == ["shape_00000.png", "shape_00001.png"]

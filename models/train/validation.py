@@ -2,13 +2,15 @@
 
 Every ``train.val_every_n_steps`` steps rank 0 decodes the first ``train.num_validation_images``
 validation label maps with their captions through the decoder users get
-(``models.decode.decoder.ControlNetDecoder``), wrapped around the module's own ControlNet and
-frozen SD1.5: the same sampler, control rendering, text encoding, seeds, batching and resizing as
-``process_decoding.py --input_path <data_root>/segmented_images/val`` with the run's config
+(``models.decode.decoder.ControlNetDecoder``), wrapped around the module's own frozen SD1.5 and
+the ControlNet an export would hold (its EMA copy when the run keeps one): the same sampler,
+control rendering, text encoding, seeds, batching and resizing as ``process_decoding.py
+--input_path <data_root>/segmented_images/val`` with the run's config
 (``train.validation_inference_steps`` and ``train.validation_guidance_scale`` replace the decode
-section's step count and guidance when set). So ``validation/step-NNNNNNN/<rel>.png`` is that
-script's output for these weights, and ``validation/step-NNNNNNN.png`` shows each map, its
-decoding and the photograph in a column (also logged to TensorBoard).
+section's step count and guidance when set). In float32 ``validation/step-NNNNNNN/<rel>.png`` is
+that script's output for the export of this step; under mixed precision it runs in the training's
+autocast, so it differs by the rounding of that precision. ``validation/step-NNNNNNN.png`` shows
+each map, its decoding and the photograph in a column (also logged to TensorBoard).
 """
 
 from __future__ import annotations
@@ -45,17 +47,19 @@ def validation_sampler(config: Config) -> SamplerSettings:
 
 
 def training_decoder(module: pl.LightningModule) -> ControlNetDecoder:
-    """A decoder on the module's own components (no copies: it sees the weights as they train).
+    """A decoder on the module's own components (no copies: it sees the weights as they train),
+    with the ControlNet that an export would hold (the EMA copy when the run keeps one).
 
     Speed options that would change the training modules (fused projections, channels-last
     weights, compilation) stay off; the precomputed sampler only changes the loop.
     """
     config = module.config
-    source = ControlNetSource(module.controlnet, "training", str(config.train.output_dir),
+    controlnet = module.controlnet_ema if module.controlnet_ema is not None else module.controlnet
+    source = ControlNetSource(controlnet, "training", str(config.train.output_dir),
                               metadata=control_metadata(config.to_dict()))
     control, _ = resolve_control_spec(source, config)
     speed = SpeedOptions(precomputed_sampler=config.decode.precomputed_sampler, channels_last=False)
-    return ControlNetDecoder(module.sd_components(), module.controlnet, control, validation_sampler(config),
+    return ControlNetDecoder(module.sd_components(), controlnet, control, validation_sampler(config),
                              config.decode.resize_filter, speed)
 
 
@@ -67,13 +71,11 @@ class ValidationImages(pl.Callback):
         self.decoder: ControlNetDecoder | None = None
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pairs = getattr(trainer.datamodule, "val_index", None)
+        index = getattr(trainer.datamodule, "val_index", None)
         count = pl_module.config.train.num_validation_images
-        if not trainer.is_global_zero or trainer.sanity_checking or pairs is None or count <= 0:
+        if not trainer.is_global_zero or trainer.sanity_checking or index is None or not index.pairs[:count]:
             return
-        pairs = pairs.pairs[:count]
-        if not pairs:
-            return
+        pairs = index.pairs[:count]
         self.decoder = self.decoder or training_decoder(pl_module)
         self.decoder.use(pl_module.device)
         decode = pl_module.config.decode
