@@ -24,7 +24,8 @@ AWKWARD = "run #1 'q' \"d\" a:b=c Grüße ÆØÅ"  # every character that broke 
 
 @pytest.fixture(scope="module")
 def root(tiny_config, tmp_path_factory) -> Path:
-    """Inputs, config and every model under a folder with an awkward name (models copied there)."""
+    """Inputs, a config and the models under a folder with an awkward name. The config names no
+    segmenter, SD model or ControlNet, so only the path flags can lead the scripts to them."""
     root = tmp_path_factory.mktemp("paths") / AWKWARD
     (root / "images #1").mkdir(parents=True)
     for photo in sorted(VOC_IMAGES.glob("*.jpg"))[:2]:
@@ -33,7 +34,10 @@ def root(tiny_config, tmp_path_factory) -> Path:
     shutil.copy(config.segmentation.checkpoint, root / "segmenter #1.pth")
     shutil.copytree(config.diffusion.sd_model_path, root / "sd 1.5 #x")
     shutil.copytree(config.diffusion.controlnet_path, root / "control=net")
-    shutil.copy(tiny_config, root / "config #1.yaml")
+    settings = yaml.safe_load(tiny_config.read_text(encoding="utf-8"))
+    settings["segmentation"]["checkpoint"] = None
+    settings["diffusion"].update(sd_model_path=str(root / "no SD here"), controlnet_path=None)
+    (root / "config #1.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
     write_shapes_dataset(root / "data #1", {"train": 2, "val": 1}, size=64, seed=0)
     return root
 
@@ -78,24 +82,29 @@ def test_train(root):
     assert (root / "run #1" / "checkpoints" / "step-0000002.ckpt").is_file()
 
 
-def test_compress_images(root, encoded):
+@pytest.fixture(scope="module")
+def compressed(root, encoded) -> Path:
     status = compress_images.main(["--input-dir", str(root / "images #1"), "--output-dir", str(root / "codecs #1"),
                                    "--match-sizes-from", str(encoded), "--codecs", "jpeg", "webp"])
     assert status == 0
-    assert len(list((root / "codecs #1" / "webp_decoded").glob("*.png"))) == 2
+    return root / "codecs #1"
 
 
-def test_evaluate(root, encoded):
+def test_compress_images(compressed):
+    assert len(list((compressed / "webp_decoded").glob("*.png"))) == 2
+
+
+def test_evaluate(root, encoded, compressed):
     common = ["--ground_truth_path", str(root / "images #1"), "--label_path", str(encoded),
               "--prompt_json_path", str(encoded / "prompts.json"), "--config_path", str(root / "config #1.yaml"),
               "--segmentation_ckpt", str(root / "segmenter #1.pth"), "--metrics", "psnr", "semantic"]
-    predictions = root / "codecs #1" / "jpeg_decoded"
+    predictions = compressed / "jpeg_decoded"
     assert evaluate.main(common + ["--prediction_path", str(predictions), "--bitstream_dir", str(encoded),
                                    "--output_dir", str(root / "evaluation #1")]) == 0
     summary = json.loads((root / "evaluation #1" / "summary.json").read_text(encoding="utf-8"))
     assert summary["prediction_path"] == str(predictions) and summary["bitstream_dir"] == str(encoded)
     assert summary["metrics"]["sem_miou"] is not None  # the segmenter loaded from its awkward path
-    method = f"jpeg={predictions},{root / 'codecs #1' / 'jpeg'}"
+    method = f"jpeg={predictions},{compressed / 'jpeg'}"
     assert evaluate.main(common + ["--method", method, "--output_dir", str(root / "methods #1")]) == 0
     runs = json.loads((root / "methods #1" / "summary.json").read_text(encoding="utf-8"))["runs"]
-    assert runs[0]["bitstream_dir"] == str(root / "codecs #1" / "jpeg")
+    assert runs[0]["bitstream_dir"] == str(compressed / "jpeg")
