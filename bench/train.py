@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from models.config import Config, apply_overrides  # noqa: E402
+from models.config import Config, set_value  # noqa: E402
 from models.decode.stable_diffusion import SDComponents  # noqa: E402
 
 VARIANTS = ("reference", "reference+checkpointing", "ours", "ours+checkpointing", "ours+channels_last")
@@ -124,11 +124,12 @@ def ours_step_fn(components: SDComponents, args: argparse.Namespace, device: tor
     """Our module's training step, optimizer and clipping; returns a closure."""
     from models.train.controlnet_module import ControlNetModule
 
-    overrides = [f"diffusion.resolution={args.resolution}", "train.warmup_steps=0",
-                 f'train.precision="{args.precision}"',
-                 f"train.gradient_checkpointing={'true' if 'checkpointing' in variant else 'false'}",
-                 f"train.channels_last={'true' if 'channels_last' in variant else 'false'}"]
-    module = ControlNetModule(apply_overrides(Config(), overrides), components).to(device).train()
+    config = Config()
+    for key, value in {"diffusion.resolution": args.resolution, "train.warmup_steps": 0,
+                       "train.precision": args.precision, "train.gradient_checkpointing": "checkpointing" in variant,
+                       "train.channels_last": "channels_last" in variant}.items():
+        set_value(config, key, value, "bench/train.py")
+    module = ControlNetModule(config, components).to(device).train()
     if args.precision in HALF:
         module.cast_frozen(HALF[args.precision])
     optimizer = module.configure_optimizers()["optimizer"]
