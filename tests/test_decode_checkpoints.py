@@ -39,7 +39,8 @@ def test_every_format_gives_the_same_controlnet(reference, trained_controlnet, t
         "diffusers": str(trained_controlnet),
         "export": str(write_export_folder(tmp_path / "export", reference,
                                           {"conditioning": "palette", "palette": "ade20k", "num_classes": 21,
-                                           "resolution": 64, "sd_model_path": "somewhere"}, trained_unet)),
+                                           "resolution": 64, "sd_model_path": "somewhere", "format_version": 1},
+                                          trained_unet)),
         "training": str(write_training_checkpoint(tmp_path / "last.ckpt", reference, tiny_config)),
         "original": str(write_original_file(tmp_path / "final.ckpt", reference, unet)),
     }
@@ -59,6 +60,9 @@ def test_every_format_gives_the_same_controlnet(reference, trained_controlnet, t
     assert with_ema.metadata["ema"] is True and with_ema.metadata["resolution"] == 64
     assert_same_weights(with_ema.controlnet, ema.state_dict())  # the EMA copy is what decodes
     assert with_ema.unet_weights.keys() == trained_unet.keys()
+    newer = write_export_folder(tmp_path / "newer", reference, {"palette": "voc", "format_version": 2})
+    with pytest.raises(CheckpointFormatError, match="export format 2; this version reads 1"):
+        load_controlnet(str(newer), unet)
 
 
 def test_trained_unet_weights_are_overlaid_on_the_base_unet(reference, tiny_config, tmp_path):

@@ -27,9 +27,13 @@ import torch
 from diffusers import ControlNetModel
 
 from models.config import Config
+from models.imageio import atomic_write_json
 
 FORMAT_VERSION = 1  # of both the training checkpoint's record and the export metadata
 TRAINING_KEY = "semantic_compression"  # the checkpoint entry written by training_record
+# State-dict prefixes of a training checkpoint: the trained modules' attribute names in
+# models.train.controlnet_module.ControlNetModule (Lightning names the keys after them).
+CONTROLNET_PREFIX, EMA_PREFIX, UNET_PREFIX = "controlnet.", "controlnet_ema.", "unet."
 EXPORT_METADATA = "semantic_compression.json"
 EXPORT_UNET_WEIGHTS = "unet_trainable.safetensors"
 
@@ -84,12 +88,12 @@ def read_training_checkpoint(checkpoint: dict, path: str | Path) -> TrainedWeigh
     if record.get("format_version") != FORMAT_VERSION:
         raise CheckpointFormatError(f"{path}: training checkpoint format {record.get('format_version')!r}; "
                                     f"this version reads {FORMAT_VERSION}")
-    ema = any(key.startswith("controlnet_ema.") for key in state)
-    prefix = "controlnet_ema." if ema else "controlnet."
+    ema = bool(record.get("ema"))
+    prefix = EMA_PREFIX if ema else CONTROLNET_PREFIX
     weights = _strip(state, prefix)
     if not weights:
         raise CheckpointFormatError(f"{path}: training checkpoint without '{prefix}*' weights")
-    return TrainedWeights(record["controlnet_config"], weights, _strip(state, "unet."), record.get("config", {}),
+    return TrainedWeights(record["controlnet_config"], weights, _strip(state, UNET_PREFIX), record.get("config", {}),
                           ema, int(checkpoint.get("global_step", 0)))
 
 
@@ -114,7 +118,8 @@ def export_metadata(weights: TrainedWeights) -> dict:
 
 
 def write_export(output_dir: str | Path, weights: TrainedWeights) -> Path:
-    """Write the export folder for ``weights`` (replacing ``output_dir`` atomically)."""
+    """Write the export folder for ``weights``: built in a temporary folder beside ``output_dir``,
+    which then replaces it (an interrupted export leaves the previous folder or none)."""
     from safetensors.torch import save_file
 
     output_dir = Path(output_dir)
@@ -126,8 +131,7 @@ def write_export(output_dir: str | Path, weights: TrainedWeights) -> Path:
         if weights.unet:
             save_file({k: v.float().cpu().contiguous() for k, v in weights.unet.items()},
                       str(staging / EXPORT_UNET_WEIGHTS))
-        (staging / EXPORT_METADATA).write_text(json.dumps(export_metadata(weights), indent=2) + "\n",
-                                               encoding="utf-8")
+        write_export_metadata(staging, export_metadata(weights))
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)
@@ -136,9 +140,23 @@ def write_export(output_dir: str | Path, weights: TrainedWeights) -> Path:
     return output_dir
 
 
+def write_export_metadata(folder: Path, metadata: dict) -> None:
+    """Write an export folder's ``semantic_compression.json`` (atomically)."""
+    atomic_write_json(folder / EXPORT_METADATA, metadata)
+
+
+def read_export_metadata(folder: Path) -> dict:
+    """An export folder's metadata; ``CheckpointFormatError`` for another format version."""
+    metadata = json.loads((folder / EXPORT_METADATA).read_text(encoding="utf-8"))
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise CheckpointFormatError(f"{folder}: export format {metadata.get('format_version')!r}; "
+                                    f"this version reads {FORMAT_VERSION}")
+    return metadata
+
+
 def read_export(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """The metadata of an export folder and the UNet weights it carries (empty if none)."""
-    metadata = json.loads((folder / EXPORT_METADATA).read_text(encoding="utf-8"))
+    metadata = read_export_metadata(folder)
     if not (folder / EXPORT_UNET_WEIGHTS).is_file():
         return metadata, {}
     from safetensors.torch import load_file

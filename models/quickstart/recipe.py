@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from models.config import PROJECT_ROOT, Config, ConfigError, load_config, set_dotted, without_paths
-from models.decode.checkpoint_format import EXPORT_METADATA
+from models.decode.checkpoint_format import EXPORT_METADATA, read_export_metadata, write_export_metadata
 from models.imageio import atomic_write_json
 from models.quickstart.model_folder import (BLIP_DIR, CONTROLNET_DIR, SD_DIR, SEGMENTATION_FILE, SHAPES_CONFIG,
                                             TRAINING_REPORT)
@@ -228,9 +228,9 @@ def train_controlnet(config_path: Path, sd_dir: Path, data_root: Path, run_dir: 
             save_file(weights, target / source.name, metadata={"format": "pt"})
         elif source.name != EXPORT_METADATA:
             shutil.copyfile(source, target / source.name)
-    info = json.loads((exported / EXPORT_METADATA).read_text(encoding="utf-8"))
+    info = read_export_metadata(exported)
     info["sd_model_path"] = os.path.relpath(sd_dir, target)  # portable: the folder next to it
-    atomic_write_json(target / EXPORT_METADATA, info)
+    write_export_metadata(target, info)
     return {"steps": info["global_step"]}
 
 

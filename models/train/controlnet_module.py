@@ -30,8 +30,8 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.optimization import get_scheduler
 
 from models.config import Config, ConfigError
-from models.decode.checkpoint_format import (TRAINING_KEY, TrainedWeights, controlnet_config_dict, training_record,
-                                             write_export)
+from models.decode.checkpoint_format import (CONTROLNET_PREFIX, EMA_PREFIX, TRAINING_KEY, UNET_PREFIX, TrainedWeights,
+                                             controlnet_config_dict, training_record, write_export)
 from models.decode.control import conditioning_channels
 from models.decode.stable_diffusion import SDComponents, load_sd_components
 from models.train.data import derived_seed
@@ -310,10 +310,10 @@ class ControlNetModule(pl.LightningModule):
 
     def trainable_state_keys(self) -> set[str]:
         """The state-dict keys a checkpoint holds: trained modules only."""
-        keys = {f"controlnet.{key}" for key in self.controlnet.state_dict()}
-        keys |= {f"unet.{name}" for name, p in self.unet.named_parameters() if p.requires_grad}
+        keys = {CONTROLNET_PREFIX + key for key in self.controlnet.state_dict()}
+        keys |= {UNET_PREFIX + name for name, p in self.unet.named_parameters() if p.requires_grad}
         if self.controlnet_ema is not None:
-            keys |= {f"controlnet_ema.{key}" for key in self.controlnet_ema.state_dict()}
+            keys |= {EMA_PREFIX + key for key in self.controlnet_ema.state_dict()}
         return keys
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
