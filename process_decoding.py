@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from models.cli import add_config_arguments, add_device_arguments, config_flag, config_from_args
 from models.config import Config, ConfigError
 from models.imageio import check_output_not_inside_input
-from models.layout import PROMPTS_FILE, SEM_SUFFIX
+from models.layout import PROMPTS_FILE, has_sem_files
 
 if TYPE_CHECKING:  # torch: imported when decoding starts, not for --help
     from models.decode.job import Captions
@@ -104,9 +104,8 @@ def setup(args: argparse.Namespace) -> DecodeSetup:
             print(f"warning: precision {precision} is ignored on the CPU; decoding in float32", file=sys.stderr)
         precision = "32"
     prompts_path = Path(args.prompt_json_path or input_dir / PROMPTS_FILE)
-    carries_captions = any(input_dir.rglob(f"*{SEM_SUFFIX}"))  # .sem files hold their captions
     if not prompts_path.exists() and not args.prompt_json_path and (
-            carries_captions or config.decode.missing_caption == "empty"):
+            has_sem_files(input_dir) or config.decode.missing_caption == "empty"):  # .sem files hold captions
         captions = Captions({})
     else:
         captions = read_captions(prompts_path)

@@ -66,9 +66,10 @@ def save_random_clip(folder: Path) -> Path:
     """A randomly initialised CLIP with ViT-L/14's shapes (the CLIP score's usual model)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    from models.tiny.components import write_clip_tokenizer_files
+    from models.decode.stable_diffusion import write_word_tokenizer
+    from models.tiny.components import VOCABULARY_WORDS
 
-    vocab_size = write_clip_tokenizer_files(folder / "tokenizer")
+    vocab_size = write_word_tokenizer(folder / "tokenizer", VOCABULARY_WORDS)
     tokenizer = CLIPTokenizer(str(folder / "tokenizer" / "vocab.json"),
                               str(folder / "tokenizer" / "merges.txt"))
     config = CLIPConfig(

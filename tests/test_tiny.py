@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from models.config import load_config
-from models.tiny.components import main as tiny_main
+from models.tiny.__main__ import main as tiny_main
 
 
 def test_every_component_is_in_its_real_format(tiny_config):

@@ -14,8 +14,8 @@ one module per part, each importing only modules listed before it:
 
 from models.bitstream.caption_coder import decode_caption, encode_caption
 from models.bitstream.errors import BitstreamError
-from models.bitstream.sem_file import (SemInfo, decode_code, encode_code, inspect_code, read_sem, read_sem_bytes,
-                                       write_sem)
+from models.bitstream.sem_file import (SemInfo, decode_code, encode_code, inspect_code, read_code_file, read_sem,
+                                       read_sem_bytes, write_sem)
 
 __all__ = ["BitstreamError", "SemInfo", "decode_caption", "decode_code", "encode_caption",
-           "encode_code", "inspect_code", "read_sem", "read_sem_bytes", "write_sem"]
+           "encode_code", "inspect_code", "read_code_file", "read_sem", "read_sem_bytes", "write_sem"]

@@ -21,7 +21,8 @@ from models.bitstream.caption_coder import (CAPTION_NONE, CAPTION_WORDS, MAX_CAP
 from models.bitstream.errors import BitstreamError
 from models.bitstream.grid import downsample_label_map, grid_shape, upsample_label_map
 from models.bitstream.label_map_coder import decode_indices, encode_indices
-from models.imageio import DEFAULT_MAX_PIXELS, atomic_write_bytes
+from models.imageio import DEFAULT_MAX_PIXELS, ImageReadError, atomic_write_bytes, read_label_map
+from models.layout import SEM_SUFFIX
 from models.palettes import NUM_VOC_CLASSES, VOID_LABEL
 from models.rate import bits_per_pixel
 from models.semantic_code import SemanticCode
@@ -247,6 +248,18 @@ def read_sem(path: str | os.PathLike) -> SemanticCode:
         return decode_code(data)
     except BitstreamError as error:
         raise BitstreamError(f"{path}: {error}") from None
+
+
+def read_code_file(path: str | os.PathLike) -> SemanticCode:
+    """The semantic code a file holds: a ``.sem`` file, or a label-map image (palette or gray
+    PNG, pixel value = class id) with an empty caption. Any problem is an ``ImageReadError``
+    naming the file, with the reason in ``reason``."""
+    if Path(path).suffix.lower() != SEM_SUFFIX:
+        return SemanticCode(read_label_map(path), "")
+    try:
+        return read_sem(path)
+    except BitstreamError as error:
+        raise ImageReadError(path, str(error).removeprefix(f"{path}: ")) from None
 
 
 def write_sem(path: str | os.PathLike, code: SemanticCode, grid: int | None = None) -> int:

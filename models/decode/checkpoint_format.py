@@ -28,6 +28,7 @@ from diffusers import ControlNetModel
 
 from models.config import Config
 from models.imageio import atomic_write_json
+from models.weights import WeightsFileError, read_weights_file
 
 FORMAT_VERSION = 1  # of both the training checkpoint's record and the export metadata
 TRAINING_KEY = "semantic_compression"  # the checkpoint entry written by training_record
@@ -164,45 +165,18 @@ def read_export(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return metadata, load_file(folder / EXPORT_UNET_WEIGHTS)
 
 
-def export_checkpoint(checkpoint_path: str | Path, output_dir: str | Path) -> Path:
-    """Export a training checkpoint's ControlNet (EMA weights when present) as a folder."""
-    weights = read_training_checkpoint(read_state_file(Path(checkpoint_path)), checkpoint_path)
-    return write_export(output_dir, weights)
-
-
 def read_state_file(path: Path, allow_pickle: bool = False) -> dict[str, Any]:
-    """A checkpoint file as a dict: safetensors, or torch.load with weights_only unless allowed."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except Exception as error:  # safetensors raises its own error type for bad headers
-            raise CheckpointFormatError(f"{path}: not a readable safetensors file ({error})") from None
+    """A checkpoint file as a dict (``models.weights``: safe loading unless pickle is allowed)."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle, mmap=True)
-    except RuntimeError:  # not a zip archive: legacy files cannot be memory-mapped
-        checkpoint = _torch_load_unmapped(path, allow_pickle)
-    except Exception as error:  # noqa: BLE001 - unpickling raises anything; report one line
-        raise _load_error(path, error, allow_pickle) from None
+        checkpoint = read_weights_file(path, allow_pickle)
+    except WeightsFileError as error:
+        raise CheckpointFormatError(str(error)) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointFormatError(f"{path}: holds a {type(checkpoint).__name__}, not a dict of weights")
     return checkpoint
 
 
-def _torch_load_unmapped(path: Path, allow_pickle: bool) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as error:  # noqa: BLE001
-        raise _load_error(path, error, allow_pickle) from None
-
-
-def _load_error(path: Path, error: Exception, allow_pickle: bool) -> CheckpointFormatError:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-    unsupported = [line[line.index("Unsupported"):].split(" was not ", 1)[0] for line in lines
-                   if "Unsupported" in line]
-    if not allow_pickle and unsupported and unsupported[0].startswith("Unsupported global"):
-        return CheckpointFormatError(
-            f"{path}: refused by safe loading, it needs pickle ({unsupported[0]}); if you trust the "
-            f"file, pass --allow_pickle")
-    return CheckpointFormatError(f"{path}: not a readable checkpoint ({(unsupported or lines)[0]})")
+def export_checkpoint(checkpoint_path: str | Path, output_dir: str | Path) -> Path:
+    """Export a training checkpoint's ControlNet (EMA weights when present) as a folder."""
+    weights = read_training_checkpoint(read_state_file(Path(checkpoint_path)), checkpoint_path)
+    return write_export(output_dir, weights)

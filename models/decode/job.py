@@ -29,11 +29,10 @@ import pytorch_lightning as pl
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from models.bitstream import BitstreamError, read_sem
+from models.bitstream import read_code_file
 from models.config import Config
 from models.decode.decoder import ControlNetDecoder, check_label_map, form_batches, image_seed
-from models.imageio import (ImageReadError, atomic_save_image, atomic_write_json, is_image_name, read_json,
-                            read_label_map, walk_files)
+from models.imageio import ImageReadError, atomic_save_image, atomic_write_json, is_image_name, read_json, walk_files
 from models.layout import SEM_SUFFIX, RankRecords, read_consistently, read_prompts, stem_key
 from models.runtime import (PRECISIONS, DeviceSpec, JobResult, OutputWriter, library_versions, prediction_trainer,
                             print_job_report)
@@ -62,22 +61,12 @@ def read_semantic_code(path: Path, caption: str | None, missing_caption: str = "
     (``caption`` from prompts.json only fills in for a ``.sem`` stored without one). A missing
     caption is an error, or the empty caption when ``missing_caption`` is "empty".
     """
-    if path.suffix.lower() == SEM_SUFFIX:
-        return _read_sem_code(path, caption, missing_caption)
-    if caption is None and missing_caption == "error":
+    if path.suffix.lower() != SEM_SUFFIX and caption is None and missing_caption == "error":
         raise InputError("no caption for it in the prompts file")
     try:
-        label_map = read_label_map(path)
+        code = read_code_file(path)
     except ImageReadError as error:
         raise InputError(error.reason) from None
-    return SemanticCode(label_map, caption or "")
-
-
-def _read_sem_code(path: Path, caption: str | None, missing_caption: str) -> SemanticCode:
-    try:
-        code = read_sem(path)
-    except BitstreamError as error:
-        raise InputError(str(error).removeprefix(f"{path}: ")) from None
     if not code.caption:
         if caption is None and missing_caption == "error":
             raise InputError("the .sem file holds no caption and the prompts file has none for it")

@@ -24,6 +24,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextModel, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from models.config import PROJECT_ROOT
 
@@ -114,8 +115,6 @@ def sd15_config_folder(config_dir: str | Path | None = None) -> Iterator[Path]:
 
 def write_clip_vocabulary(folder: Path) -> None:
     """Write CLIP's ``vocab.json`` and ``merges.txt`` (as openai/clip-vit-large-patch14 has them)."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
         raise OSError("a single-file SD1.5 checkpoint needs the CLIP tokenizer vocabulary, taken from "
@@ -124,8 +123,34 @@ def write_clip_vocabulary(folder: Path) -> None:
     merges = gzip.open(bpe_path).read().decode("utf-8").split("\n")[1:CLIP_MERGES + 1]
     characters = list(bytes_to_unicode().values())
     vocabulary = characters + [c + "</w>" for c in characters] + ["".join(m.split()) for m in merges]
+    write_clip_tokenizer(folder, vocabulary + ["<|startoftext|>", "<|endoftext|>"], merges)
+
+
+def write_word_tokenizer(folder: Path, words: list[str]) -> int:
+    """CLIP tokenizer files whose vocabulary is every byte's character plus each of ``words`` as
+    one token (merged left to right), for small text encoders; returns the vocabulary size."""
+    table = bytes_to_unicode()
+    characters = [table[byte] for byte in range(256)]
+    vocabulary, merges = characters + [c + "</w>" for c in characters], []
+    for word in words:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merge, merged = f"{pieces[0]} {pieces[1]}", pieces[0] + pieces[1]
+            if merge not in merges:
+                merges.append(merge)
+                if merged not in vocabulary:
+                    vocabulary.append(merged)
+            pieces = [merged] + pieces[2:]
     vocabulary += ["<|startoftext|>", "<|endoftext|>"]
+    write_clip_tokenizer(folder, vocabulary, merges)
+    return len(vocabulary)
+
+
+def write_clip_tokenizer(folder: Path, vocabulary: list[str], merges: list[str]) -> None:
+    """CLIP's byte-level BPE files: ``vocab.json`` (token -> its index in ``vocabulary``) and
+    ``merges.txt`` ("left right" pairs in merge order)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocabulary)}),
                                        encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(merge + "\n" for merge in merges),
+                                       encoding="utf-8")

@@ -28,6 +28,7 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 from models.config import SegmentationConfig
+from models.weights import WeightsFileError, read_weights_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -160,20 +161,10 @@ def load_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
             f"segmentation checkpoint not found: {path} (put best_deeplabv3plus_resnet101_voc_os16.pth "
             f"there, or pass --segmentation_ckpt)"
         )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError or RuntimeError variants
-        if not allow_pickle:
-            raise CheckpointError(
-                f"{path}: cannot be loaded safely (weights_only=True): {str(error).splitlines()[0]}. "
-                f"If you trust this file, set segmentation.allow_pickle: true (--allow_pickle)"
-            ) from None
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = read_weights_file(path, allow_pickle, safe_globals=_numpy_safe_globals())
+    except WeightsFileError as error:
+        raise CheckpointError(f"{error} (segmentation.allow_pickle)") from None
     return _extract_state_dict(path, payload)
 
 

@@ -26,15 +26,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from models.bitstream import BitstreamError, read_sem
+from models.bitstream import BitstreamError, read_code_file, read_sem
 from models.config import Config
 from models.evaluation.metrics import ImagePair, MetricSuite
-from models.imageio import (RESIZE_FILTERS, ImageReadError, atomic_write_bytes, atomic_write_json, read_label_map,
-                            read_rgb)
+from models.imageio import RESIZE_FILTERS, ImageReadError, atomic_write_bytes, atomic_write_json, read_rgb
 from models.layout import (SEM_SUFFIX, StemIndex, bitstream_index, has_sem_files, index_by_stem, pair_by_stem,
                            read_prompts, stem_key)
 from models.rate import bits_per_pixel
-
 
 
 @dataclass
@@ -70,16 +68,6 @@ def load_sem_captions(folder: str | Path) -> dict[str, str]:
         except BitstreamError:
             continue  # reported when its label map is read
     return captions
-
-
-def read_transmitted_label_map(path: str | Path) -> np.ndarray:
-    """The (H, W) uint8 label map stored at ``path``: a ``.sem`` file, or a palette/gray PNG."""
-    if Path(path).suffix.lower() == SEM_SUFFIX:
-        try:
-            return read_sem(path).label_map
-        except BitstreamError as error:
-            raise ImageReadError(path, str(error).removeprefix(f"{path}: ")) from None
-    return read_label_map(path)
 
 
 def align_to_truth(prediction: Image.Image, size: tuple[int, int], resize_filter: str = "lanczos",
@@ -177,7 +165,7 @@ def _label_map(labels: StemIndex | None, key: str, gaps: dict, errors: dict) -> 
         gaps["label map"] += 1
         return None
     try:
-        return read_transmitted_label_map(labels.files[key])
+        return read_code_file(labels.files[key]).label_map
     except ImageReadError as error:
         errors[error.path] = error.reason
         gaps["label map"] += 1

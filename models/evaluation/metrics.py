@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from models.config import Config, EvaluateConfig, SegmentationConfig
+from models.weights import WeightsFileError, read_weights_file
 
 SSIM_WINDOW = 11  # torchmetrics' Gaussian window for sigma 1.5: 2 * int(3.5 * 1.5 + 0.5) + 1
 MS_SSIM_MIN_SIDE = 161  # five scales of an 11-pixel window: (11 - 1) * 2 ** 4 < side
@@ -79,9 +80,9 @@ def require_weights(config: EvaluateConfig, name: str) -> Path:
             f"needs {path} ({weight_file.description}); put the file there or set "
             f"evaluate.torch_hub_dir to a folder whose checkpoints/ holds it")
     try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise MetricUnavailable(f"{path}: not a plain weight file ({str(error).splitlines()[0]})") from None
+        read_weights_file(path)
+    except WeightsFileError as error:
+        raise MetricUnavailable(f"not a plain weight file: {error}") from None
     return path
 
 

@@ -30,6 +30,7 @@ import torch
 
 from models.config import PROJECT_ROOT, Config, ConfigError, load_config, set_dotted, without_paths
 from models.decode.checkpoint_format import EXPORT_METADATA, read_export_metadata, write_export_metadata
+from models.decode.stable_diffusion import write_word_tokenizer
 from models.imageio import atomic_write_json
 from models.quickstart.model_folder import (BLIP_DIR, CONTROLNET_DIR, SD_DIR, SEGMENTATION_FILE, SHAPES_CONFIG,
                                             TRAINING_REPORT)
@@ -155,9 +156,7 @@ def build_tokenizer(folder: Path):
     """A CLIP BPE tokenizer whose vocabulary holds every shapes-caption word as one token."""
     from transformers import CLIPTokenizer
 
-    from models.tiny.components import write_clip_tokenizer_files
-
-    write_clip_tokenizer_files(folder, caption_words())
+    write_word_tokenizer(folder, caption_words())
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
                          model_max_length=TOKENIZER_LENGTH)
 

@@ -1,6 +1,7 @@
 """Tiny random versions of every component, saved in their real on-disk formats.
 
-``python -m models.tiny --output_dir D`` writes, in a few seconds and with no network:
+``python -m models.tiny --output_dir D`` (``build_tiny_components``) writes, in a few seconds and
+with no network:
 
 - ``D/segmentation/deeplabv3plus_resnet18_tiny.pth``: a DeepLabV3+ checkpoint in the original
   project's format (a dict with ``model_state`` holding ``backbone.*``/``classifier.*`` and a
@@ -21,9 +22,6 @@ Everything is loaded back through the same code paths as the real models.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -31,10 +29,11 @@ import numpy as np
 import torch
 
 from models.config import Config, SegmentationConfig, save_config
+from models.decode.stable_diffusion import write_word_tokenizer
 from models.palettes import VOC_CLASSES
 
-# Words for the tiny tokenizers, so that random captions are at least made of words.
-CAPTION_WORDS = sorted(set(VOC_CLASSES) | {
+# Words of the tiny tokenizers (BLIP's and CLIP's), so that random captions are at least made of words.
+VOCABULARY_WORDS = sorted(set(VOC_CLASSES) | {
     "a", "an", "the", "of", "on", "in", "with", "and", "at", "near", "photo", "picture",
     "sitting", "standing", "lying", "two", "small", "large", "red", "blue", "green", "white",
     "black", "grass", "road", "table", "room", "street", "field", "water", "sky", "man",
@@ -77,7 +76,7 @@ def build_blip(output_dir: Path) -> Path:
 
     folder = output_dir / "blip"
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + CAPTION_WORDS
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + VOCABULARY_WORDS
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]")
     text_config = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
@@ -98,41 +97,6 @@ def build_blip(output_dir: Path) -> Path:
     return folder
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """The byte -> printable character table of byte-level BPE (GPT-2, CLIP)."""
-    printable = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
-    table, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            table[byte] = chr(byte)
-        else:
-            table[byte] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-def write_clip_tokenizer_files(folder: Path, words: list[str] = CAPTION_WORDS) -> int:
-    """A CLIP BPE vocabulary of single characters plus ``words`` as whole tokens; its size."""
-    folder.mkdir(parents=True, exist_ok=True)
-    characters = list(bytes_to_unicode().values())
-    vocab = characters + [c + "</w>" for c in characters]
-    merges = []
-    for word in words:  # merge each word left to right into one token
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(pieces) > 1:
-            merged = pieces[0] + pieces[1]
-            if (pieces[0], pieces[1]) not in merges:
-                merges.append((pieces[0], pieces[1]))
-                if merged not in vocab:
-                    vocab.append(merged)
-            pieces = [merged] + pieces[2:]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
-    (folder / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-    return len(vocab)
-
-
 def build_stable_diffusion(output_dir: Path) -> tuple[Path, Path]:
     """An SD1.5-style diffusers folder and a ControlNet initialised from its UNet."""
     from diffusers import (AutoencoderKL, ControlNetModel, PNDMScheduler,
@@ -140,7 +104,7 @@ def build_stable_diffusion(output_dir: Path) -> tuple[Path, Path]:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as tokenizer_dir:
-        vocab_size = write_clip_tokenizer_files(Path(tokenizer_dir))
+        vocab_size = write_word_tokenizer(Path(tokenizer_dir), VOCABULARY_WORDS)
         tokenizer = CLIPTokenizer(f"{tokenizer_dir}/vocab.json", f"{tokenizer_dir}/merges.txt",
                                   model_max_length=77)
     text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -182,7 +146,7 @@ def build_clip(output_dir: Path) -> Path:
 
     folder = output_dir / "clip"
     with tempfile.TemporaryDirectory() as tokenizer_dir:
-        vocab_size = write_clip_tokenizer_files(Path(tokenizer_dir))
+        vocab_size = write_word_tokenizer(Path(tokenizer_dir), VOCABULARY_WORDS)
         tokenizer = CLIPTokenizer(f"{tokenizer_dir}/vocab.json", f"{tokenizer_dir}/merges.txt",
                                   model_max_length=77)
     tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
@@ -240,24 +204,3 @@ def build_tiny_components(output_dir: str | Path, seed: int = 0) -> Path:
     config_path = output_dir / "config.yaml"
     save_config(config, config_path)
     return config_path
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--output_dir", required=True, help="folder to write the components into")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    config_path = build_tiny_components(args.output_dir, seed=args.seed)
-    print(f"tiny components written; use --config_path {config_path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
