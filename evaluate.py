@@ -24,11 +24,10 @@ from typing import TYPE_CHECKING
 from models.cli import add_config_arguments, config_flag, config_from_args
 from models.config import ConfigError
 from models.evaluation import METRIC_NAMES
-from models.layout import PROMPTS_FILE
+from models.layout import PROMPTS_FILE, CaptionIndex, read_prompts
 
 if TYPE_CHECKING:  # torch: imported when the evaluation starts, not for --help
     from models.evaluation.job import MethodSpec
-
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,9 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def resolve_inputs(args: argparse.Namespace) -> tuple[list[MethodSpec], dict[str, str]]:
+def resolve_inputs(args: argparse.Namespace) -> tuple[list[MethodSpec], CaptionIndex]:
     """The runs to evaluate and the captions; bad flags raise ``ValueError``."""
-    from models.evaluation.job import MethodSpec, load_captions, load_sem_captions, parse_method
+    from models.evaluation.job import MethodSpec, load_sem_captions, parse_method
 
     if bool(args.prediction_path) == bool(args.method):
         raise ValueError("give either --prediction_path or one or more --method NAME=DIR")
@@ -79,9 +78,9 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[list[MethodSpec], dict[str
     if args.prompt_json_path and not Path(prompts).is_file():
         raise ValueError(f"--prompt_json_path {prompts} is not a file")
     if prompts and Path(prompts).is_file():
-        captions = load_captions(prompts)
+        captions = CaptionIndex(read_prompts(prompts))
     else:  # .sem files carry their captions
-        captions = load_sem_captions(args.label_path) if args.label_path else {}
+        captions = load_sem_captions(args.label_path) if args.label_path else CaptionIndex({})
     return methods, captions
 
 

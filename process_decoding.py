@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING
 from models.cli import add_config_arguments, add_device_arguments, config_flag, config_from_args
 from models.config import Config, ConfigError
 from models.imageio import check_output_not_inside_input
-from models.layout import PROMPTS_FILE, has_sem_files
+from models.layout import PROMPTS_FILE, CaptionIndex, has_sem_files
 
 if TYPE_CHECKING:  # torch: imported when decoding starts, not for --help
-    from models.decode.job import Captions
     from models.runtime import DeviceSpec
 
 # Flags that set one key of the config's decode section (the config holds their defaults).
@@ -83,13 +82,13 @@ class DecodeSetup:
     config: Config
     devices: DeviceSpec
     precision: str  # what decoding runs at: "32" on the CPU whatever the config says
-    captions: Captions
+    captions: CaptionIndex
     prompts_path: Path
 
 
 def setup(args: argparse.Namespace) -> DecodeSetup:
     """Config, devices, precision and captions, or ValueError/ConfigError with a clear message."""
-    from models.decode.job import Captions, read_captions
+    from models.decode.job import read_caption_index
     from models.runtime import is_global_zero, resolve_devices
 
     input_dir, output_dir = Path(args.input_path), Path(args.output_dir)
@@ -106,9 +105,9 @@ def setup(args: argparse.Namespace) -> DecodeSetup:
     prompts_path = Path(args.prompt_json_path or input_dir / PROMPTS_FILE)
     if not prompts_path.exists() and not args.prompt_json_path and (
             has_sem_files(input_dir) or config.decode.missing_caption == "empty"):  # .sem files hold captions
-        captions = Captions({})
+        captions = CaptionIndex({})
     else:
-        captions = read_captions(prompts_path)
+        captions = read_caption_index(prompts_path)
     return DecodeSetup(input_dir, output_dir, config, devices, precision, captions, prompts_path)
 
 

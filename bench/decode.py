@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models.decode.controlnet_loader import ControlSpec  # noqa: E402
 from models.decode.decoder import ControlNetDecoder, SamplerSettings, SpeedOptions  # noqa: E402
 from models.decode.stable_diffusion import SDComponents, load_sd_components  # noqa: E402
+from models.palettes import NUM_VOC_CLASSES  # noqa: E402
 from models.semantic_code import SemanticCode  # noqa: E402
 
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     components, controlnet = tiny_components(args.config_path)
-    spec = ControlSpec("palette", "voc", 21, "unit", keep_aspect=True, resolution=args.resolution)
+    spec = ControlSpec("palette", "voc", NUM_VOC_CLASSES, "unit", keep_aspect=True, resolution=args.resolution)
     speed = SpeedOptions(precomputed_sampler=args.precomputed_sampler, channels_last=False)
     decoder = ControlNetDecoder(components, controlnet, spec, SamplerSettings(num_inference_steps=args.steps),
                                 speed=speed)

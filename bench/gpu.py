@@ -59,6 +59,7 @@ from models.decode.controlnet_loader import ControlSpec  # noqa: E402
 from models.decode.decoder import ControlNetDecoder, SamplerSettings, SpeedOptions  # noqa: E402
 from models.decode.stable_diffusion import SDComponents  # noqa: E402
 from models.imageio import atomic_write_json  # noqa: E402
+from models.palettes import NUM_VOC_CLASSES  # noqa: E402
 from models.runtime import PRECISIONS, library_versions  # noqa: E402
 from models.semantic_code import SemanticCode  # noqa: E402
 
@@ -167,7 +168,7 @@ def make_decoder(bench: Bench, precision: str, speed: SpeedOptions) -> ControlNe
     """A decoder on copies of the components, placed on the device in ``precision``."""
     components, controlnet = decode_components(bench)
     sizes = bench.sizes
-    control = ControlSpec("palette", "voc", 21, "unit", keep_aspect=True, resolution=sizes.resolution)
+    control = ControlSpec("palette", "voc", NUM_VOC_CLASSES, "unit", keep_aspect=True, resolution=sizes.resolution)
     sampler = SamplerSettings(num_inference_steps=sizes.steps, scheduler="unipc", guidance_scale=sizes.guidance)
     decoder = ControlNetDecoder(copy.deepcopy(components), copy.deepcopy(controlnet), control, sampler, speed=speed)
     decoder.place(bench.device, PRECISIONS[precision])
@@ -362,7 +363,7 @@ def compare_decode(bench: Bench, ours: ControlNetDecoder, stock: ControlNetDecod
         stock_seconds.append(timed(bench, stock_call)[0])
     ours_rate = batch / statistics.median(ours_seconds)
     stock_rate = batch / statistics.median(stock_seconds)
-    print(f"  {label}, {PRECISION_NAMES[precision]} batch {batch}: {ours_rate:.2f} img/s (first call "
+    print(f"  {label}, {PRECISION_LABELS[precision]} batch {batch}: {ours_rate:.2f} img/s (first call "
           f"{first_seconds:.1f} s), stock {stock_rate:.2f} img/s", flush=True)
     floor = bench.results.get("floor", {}).get("floor_per_image", {}).get(precision, {}).get("denoising_s")
     return {"label": label, "precision": precision, "batch": batch, "ours_img_per_s": ours_rate,
@@ -421,7 +422,7 @@ def build_encoder(bench: Bench, precision: str):
         from models.encode.segmentation import DeepLabV3Plus
 
         with torch.device(bench.device):
-            segmenter = DeepLabV3Plus("resnet101", num_classes=21, output_stride=16)
+            segmenter = DeepLabV3Plus("resnet101", num_classes=NUM_VOC_CLASSES, output_stride=16)
             model, processor = blip_large(bench)
         encoder = SemanticEncoder(segmenter.to(dtype).eval(), BlipCaptioner(model.to(dtype), processor,
                                                                             CaptioningConfig()))
@@ -552,7 +553,7 @@ def run_sections(bench: Bench, sections: list[str], out: Path, time_budget_s: fl
 
 # ----- the table ----------------------------------------------------------------------------------
 
-PRECISION_NAMES = {"32": "fp32", "16": "fp16", "bf16": "bf16"}
+PRECISION_LABELS = {"32": "fp32", "16": "fp16", "bf16": "bf16"}
 
 
 def _number(value: float | None, digits: int = 2) -> str:
@@ -572,7 +573,7 @@ def _check(match: dict) -> str:
 def decode_lines(section: str, rows: list[dict]) -> list[str]:
     lines = []
     for row in rows:
-        setting = (f"{PRECISION_NAMES[row['precision']]} batch {row['batch']}"
+        setting = (f"{PRECISION_LABELS[row['precision']]} batch {row['batch']}"
                    + ("" if row["label"] == "ours" else f", {row['label']}"))
         if "compile_s" in row:
             setting += f" (compiling: {row['compile_s']:.0f} s)"
@@ -595,7 +596,7 @@ def train_lines(result: dict) -> list[str]:
 
 
 def encode_lines(result: dict) -> list[str]:
-    return [f"| encode | {PRECISION_NAMES[row['precision']]} batch {row['batch']}, {row['size'][0]}x{row['size'][1]} "
+    return [f"| encode | {PRECISION_LABELS[row['precision']]} batch {row['batch']}, {row['size'][0]}x{row['size'][1]} "
             f"| {row['encode_img_per_s']:.2f} img/s (segmentation {row['segmentation_img_per_s']:.1f}, "
             f"captioning {row['captioning_img_per_s']:.2f}) | n/a | n/a | n/a | {result['num_beams']} beams, "
             f"{result['max_new_tokens']} tokens |" for row in result["rows"]]
@@ -609,8 +610,8 @@ def header_lines(results: dict) -> list[str]:
     floor = results.get("floor", {})
     if "flop" in floor:
         flop, size = floor["flop"], meta["sizes"]["resolution"]
-        rates = ", ".join(f"{PRECISION_NAMES[p]} {rate / 1e12:.1f}" for p, rate in floor["peak_flop_per_s"].items())
-        per_image = ", ".join(f"{PRECISION_NAMES[p]} {value['denoising_s'] * 1e3:.1f} ms "
+        rates = ", ".join(f"{PRECISION_LABELS[p]} {rate / 1e12:.1f}" for p, rate in floor["peak_flop_per_s"].items())
+        per_image = ", ".join(f"{PRECISION_LABELS[p]} {value['denoising_s'] * 1e3:.1f} ms "
                               f"({value['with_vae_s'] * 1e3:.1f} with VAE)"
                               for p, value in floor["floor_per_image"].items())
         lines += [f"FLOP per guided step at {size}x{size}: ControlNet {_flop(flop['controlnet'])} + UNet "

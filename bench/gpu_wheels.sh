@@ -13,8 +13,8 @@ cd "$(dirname "$0")/.."
 
 WHEELS=(
     diffusers==0.42.1                   # the version the tests run with
-    segmentation-models-pytorch==0.6.0  # models.segmentation: DeepLabV3+ encoder and ASPP
-    open-clip-torch==3.3.0              # only its CLIP BPE vocabulary file (models.diffusion), never imported
+    segmentation-models-pytorch==0.6.0  # models.encode.segmentation: DeepLabV3+ encoder and ASPP
+    open-clip-torch==3.3.0              # only its CLIP BPE vocabulary file (models.decode.stable_diffusion), never imported
 )
 
 rm -rf .whl

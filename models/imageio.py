@@ -133,6 +133,15 @@ def _high_depth_to_uint8(image: Image.Image) -> np.ndarray:
     return ((values + 128) // 257).astype(np.uint8)
 
 
+def thumbnail(image: Image.Image | np.ndarray, height: int) -> np.ndarray:
+    """(height, w, 3) uint8 RGB with the aspect ratio kept, for grids of pictures: enlarged without
+    smoothing (small images keep visible pixels), reduced with Lanczos."""
+    image = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    size = (max(1, round(image.width * height / image.height)), height)
+    resample = Image.Resampling.LANCZOS if image.height > height else Image.Resampling.NEAREST
+    return np.asarray(image.convert("RGB").resize(size, resample))
+
+
 @dataclass(frozen=True)
 class InputFile:
     """One file found under an input folder."""

@@ -27,6 +27,7 @@ from models.imageio import InputFile, atomic_write_json, is_image_name, walk_fil
 PROMPTS_FILE = "prompts.json"
 SEM_SUFFIX = ".sem"  # the file extension of semantic codes (models.bitstream)
 LABEL_MAP_SUFFIX = ".png"
+IMAGE_OUTPUT_SUFFIX = ".png"  # images the project writes: reconstructions, decoded baselines
 SPLITS = ("train", "val", "test")
 IMAGES_FOLDER, LABEL_MAPS_FOLDER = "original_images", "segmented_images"  # of the training layout
 ENCODE_FORMATS = ("both", "sem", "png")  # what an encoding job writes: .sem files, label-map PNGs + prompts.json
@@ -39,14 +40,19 @@ def stem_key(relpath: str) -> str:
     return str(path.with_suffix("")) if path.suffix else str(path)
 
 
+def output_relpath(relpath: str, suffix: str) -> str:
+    """Where a job writes its output for the input at ``relpath``: the same path and stem, ``suffix``."""
+    return stem_key(relpath) + suffix
+
+
 def label_map_relpath(relpath: str) -> str:
     """Where the label map of the image at ``relpath`` goes, relative to a label-map folder."""
-    return stem_key(relpath) + LABEL_MAP_SUFFIX
+    return output_relpath(relpath, LABEL_MAP_SUFFIX)
 
 
 def sem_relpath(relpath: str) -> str:
     """Where the ``.sem`` file of the image at ``relpath`` goes, relative to an output folder."""
-    return stem_key(relpath) + SEM_SUFFIX
+    return output_relpath(relpath, SEM_SUFFIX)
 
 
 def split_folders(data_root: str | os.PathLike, split: str) -> tuple[Path, Path]:
@@ -70,6 +76,31 @@ def read_prompts(path: str | os.PathLike, required: bool = True) -> dict[str, st
     if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
         raise ValueError(f"{path}: expected a JSON object {{relative image path: caption}}")
     return prompts
+
+
+class CaptionIndex:
+    """Captions keyed by the original images' relative paths, found for any file of the same path
+    and stem (a label map, a ``.sem`` file, a reconstruction); keys written without folders are
+    also found by file name."""
+
+    def __init__(self, prompts: dict[str, str]):
+        self.prompts = prompts
+        self.by_stem: dict[str, list[str]] = {}
+        self.by_name: dict[str, list[str]] = {}
+        for key in prompts:
+            self.by_stem.setdefault(stem_key(key), []).append(key)
+            if "/" not in key:
+                self.by_name.setdefault(PurePosixPath(key).stem, []).append(key)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def get(self, relpath: str) -> str | None:
+        """The caption of the file at ``relpath``, or None; ``ValueError`` when several match."""
+        keys = self.by_stem.get(stem_key(relpath)) or self.by_name.get(PurePosixPath(relpath).stem, [])
+        if len(keys) > 1:
+            raise ValueError(f"several captions match it ({', '.join(sorted(keys))})")
+        return self.prompts[keys[0]] if keys else None
 
 
 def write_prompts(path: str | os.PathLike, prompts: dict[str, str]) -> None:

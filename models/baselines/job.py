@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from models.baselines.codecs import compress_to_size, decode, get_codec
 from models.imageio import ImageReadError, atomic_save_image, atomic_write_bytes, atomic_write_json, read_json, read_rgb
-from models.layout import StemIndex, bitstream_index, list_inputs, stem_key
+from models.layout import IMAGE_OUTPUT_SUFFIX, StemIndex, bitstream_index, list_inputs, output_relpath, stem_key
 from models.rate import bits_per_pixel
 
 RESULTS_FILE = "results.csv"
@@ -61,9 +61,8 @@ class CompressPlan:
 
 def output_paths(output_dir: Path, relpath: str, codec: str) -> tuple[Path, Path]:
     """Where the compressed file and its decoded PNG for ``relpath`` go."""
-    key = stem_key(relpath)
-    return (output_dir / codec / (key + get_codec(codec).extension),
-            output_dir / f"{codec}_decoded" / (key + ".png"))
+    return (output_dir / codec / output_relpath(relpath, get_codec(codec).extension),
+            output_dir / f"{codec}_decoded" / output_relpath(relpath, IMAGE_OUTPUT_SUFFIX))
 
 
 def read_results(output_dir: Path) -> dict[tuple[str, str], dict]:

@@ -89,6 +89,8 @@ def read_training_checkpoint(checkpoint: dict, path: str | Path) -> TrainedWeigh
     if record.get("format_version") != FORMAT_VERSION:
         raise CheckpointFormatError(f"{path}: training checkpoint format {record.get('format_version')!r}; "
                                     f"this version reads {FORMAT_VERSION}")
+    if not isinstance(record.get("controlnet_config"), dict):
+        raise CheckpointFormatError(f"{path}: its '{TRAINING_KEY}' record has no ControlNet config")
     ema = bool(record.get("ema"))
     prefix = EMA_PREFIX if ema else CONTROLNET_PREFIX
     weights = _strip(state, prefix)

@@ -22,7 +22,7 @@ written.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -33,7 +33,8 @@ from models.bitstream import read_code_file
 from models.config import Config
 from models.decode.decoder import ControlNetDecoder, check_label_map, form_batches, image_seed
 from models.imageio import ImageReadError, atomic_save_image, atomic_write_json, is_image_name, read_json, walk_files
-from models.layout import SEM_SUFFIX, RankRecords, read_consistently, read_prompts, stem_key
+from models.layout import (IMAGE_OUTPUT_SUFFIX, SEM_SUFFIX, CaptionIndex, RankRecords, output_relpath,
+                           read_consistently, read_prompts, stem_key)
 from models.runtime import (PRECISIONS, DeviceSpec, JobResult, OutputWriter, library_versions, prediction_trainer,
                             print_job_report)
 from models.semantic_code import SemanticCode
@@ -80,31 +81,10 @@ def sem_shadowed(relpaths: list[str]) -> set[str]:
     return {r for r in relpaths if not r.lower().endswith(SEM_SUFFIX) and stem_key(r) in sem_stems}
 
 
-class Captions:
-    """Captions keyed by the original images' relative paths, found by a label map's path."""
-
-    def __init__(self, prompts: dict[str, str]):
-        self.by_stem: dict[str, list[str]] = {}
-        for key in prompts:
-            self.by_stem.setdefault(stem_key(key), []).append(key)
-        self.by_name: dict[str, list[str]] = {}  # for keys written without folders
-        for key in prompts:
-            if "/" not in key:
-                self.by_name.setdefault(PurePosixPath(key).stem, []).append(key)
-        self.prompts = prompts
-
-    def get(self, relpath: str) -> str | None:
-        """The caption for the label map at ``relpath`` (same path and stem), or None."""
-        keys = self.by_stem.get(stem_key(relpath)) or self.by_name.get(PurePosixPath(relpath).stem, [])
-        if len(keys) > 1:
-            raise InputError(f"several captions match it ({', '.join(sorted(keys))})")
-        return self.prompts[keys[0]] if keys else None
-
-
-def read_captions(path: Path) -> Captions:
+def read_caption_index(path: Path) -> CaptionIndex:
     """The captions of a prompts file (``ValueError`` naming the file if it is missing or malformed)."""
     try:
-        return Captions(read_prompts(path))
+        return CaptionIndex(read_prompts(path))
     except ValueError as error:
         if path.exists():
             raise
@@ -125,7 +105,7 @@ class DecodeItem:
 
     @property
     def output_relpath(self) -> str:
-        return stem_key(self.relpath) + ".png"
+        return output_relpath(self.relpath, IMAGE_OUTPUT_SUFFIX)
 
     def record(self) -> dict[str, Any]:
         """This image's manifest entry."""
@@ -148,7 +128,7 @@ class DecodePlan:
         return [batch for batch in self.batches if any(i.output_relpath not in self.done for i in batch)]
 
 
-def plan_decode(input_dir: Path, captions: Captions, decoder: ControlNetDecoder, config: Config,
+def plan_decode(input_dir: Path, captions: CaptionIndex, decoder: ControlNetDecoder, config: Config,
                 skip_files: tuple[Path, ...] = ()) -> DecodePlan:
     """Read every input under ``input_dir`` once, check it, give it a seed and put it in a batch."""
     plan, items, claimed = DecodePlan(), [], {}
@@ -166,8 +146,8 @@ def plan_decode(input_dir: Path, captions: Captions, decoder: ControlNetDecoder,
         try:
             caption = captions.get(entry.relpath)
             items.append(_plan_item(entry.path, entry.relpath, caption, decoder, config, claimed))
-        except InputError as error:
-            plan.failures[entry.relpath] = error.reason
+        except (InputError, ValueError) as error:  # ValueError: several captions match
+            plan.failures[entry.relpath] = str(error)
             continue
         if caption is None and not items[-1].caption:
             plan.warnings.append(f"{entry.relpath}: no caption in the prompts file; decoded with an empty caption")
@@ -179,7 +159,7 @@ def plan_decode(input_dir: Path, captions: Captions, decoder: ControlNetDecoder,
 def _plan_item(path: Path, relpath: str, caption: str | None, decoder: ControlNetDecoder, config: Config,
                claimed: dict[str, str]) -> DecodeItem:
     """One checked input (its label map is read and validated, then dropped)."""
-    output = stem_key(relpath) + ".png"
+    output = output_relpath(relpath, IMAGE_OUTPUT_SUFFIX)
     if output in claimed:
         raise InputError(f"its output {output} would overwrite the one of {claimed[output]}; rename one")
     claimed[output] = relpath

@@ -34,7 +34,7 @@ from models.imageio import ImageReadError, InputFile, atomic_save_image, read_rg
 from models.layout import (ENCODE_FORMATS, PROMPTS_FILE, RankRecords, label_map_relpath, list_inputs, read_consistently,
                            read_prompts, sem_relpath, write_prompts)
 from models.palettes import label_map_to_pil
-from models.runtime import PRECISIONS, DeviceSpec, JobResult, OutputWriter, prediction_trainer, print_job_report
+from models.runtime import DeviceSpec, JobResult, OutputWriter, network_dtype, prediction_trainer, print_job_report
 from models.semantic_code import SemanticCode
 
 
@@ -155,8 +155,7 @@ class EncodeModule(pl.LightningModule):
         self.precision_name = precision
 
     def on_predict_start(self) -> None:
-        if self.device.type == "cuda":
-            self.to(PRECISIONS[self.precision_name])
+        self.to(network_dtype(self.precision_name, self.device))
 
     def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
         good = [record for record in batch if "image" in record]

@@ -29,9 +29,9 @@ from tqdm import tqdm
 from models.bitstream import BitstreamError, read_code_file, read_sem
 from models.config import Config
 from models.evaluation.metrics import ImagePair, MetricSuite
-from models.imageio import RESIZE_FILTERS, ImageReadError, atomic_write_bytes, atomic_write_json, read_rgb
-from models.layout import (SEM_SUFFIX, StemIndex, bitstream_index, has_sem_files, index_by_stem, pair_by_stem,
-                           read_prompts, stem_key)
+from models.imageio import RESIZE_FILTERS, ImageReadError, atomic_write_bytes, atomic_write_json, read_rgb, thumbnail
+from models.layout import (SEM_SUFFIX, CaptionIndex, StemIndex, bitstream_index, has_sem_files, index_by_stem,
+                           pair_by_stem)
 from models.rate import bits_per_pixel
 
 
@@ -43,12 +43,7 @@ class EvaluationInputs:
     prediction_dir: Path
     bitstream_dir: Path | None = None  # files whose sizes give the rate (bpp)
     label_dir: Path | None = None  # the transmitted label maps
-    captions: dict[str, str] = field(default_factory=dict)  # key -> caption
-
-
-def load_captions(path: str | Path) -> dict[str, str]:
-    """Captions from a prompts.json ({relative image path: caption}), by key."""
-    return {stem_key(relpath): caption for relpath, caption in read_prompts(path).items()}
+    captions: CaptionIndex = field(default_factory=lambda: CaptionIndex({}))
 
 
 def label_map_index(label_dir: str | Path) -> StemIndex:
@@ -58,16 +53,16 @@ def label_map_index(label_dir: str | Path) -> StemIndex:
     return index_by_stem(label_dir, images_only=True)
 
 
-def load_sem_captions(folder: str | Path) -> dict[str, str]:
-    """The captions stored in the ``.sem`` files under ``folder``, by key (unreadable files skipped)."""
+def load_sem_captions(folder: str | Path) -> CaptionIndex:
+    """The captions stored in the ``.sem`` files under ``folder`` (unreadable files skipped)."""
     captions = {}
     index = index_by_stem(folder, suffix=SEM_SUFFIX)
     for key, path in index.files.items():
         try:
-            captions[key] = read_sem(path).caption
+            captions[index.relpaths[key]] = read_sem(path).caption
         except BitstreamError:
             continue  # reported when its label map is read
-    return captions
+    return CaptionIndex(captions)
 
 
 def align_to_truth(prediction: Image.Image, size: tuple[int, int], resize_filter: str = "lanczos",
@@ -137,7 +132,7 @@ def evaluate_folder(suite: MetricSuite, config: Config, inputs: EvaluationInputs
             errors[str(error.path)] = error.reason
             continue
         label_map = _label_map(labels, pair.key, gaps, errors)
-        caption = inputs.captions.get(pair.key)
+        caption = _caption(inputs.captions, pair.relpath)
         gaps["caption"] += bool(inputs.captions) and caption is None
         images = ImagePair(truth, prediction, suite.device, caption, label_map)
         row = {"image": pair.relpath, **suite.evaluate(images)}
@@ -156,6 +151,13 @@ def _load_pair(truth_path: Path, prediction_path: Path, config: Config) -> tuple
     except ValueError as error:
         raise ImageReadError(prediction_path, str(error)) from None
     return np.asarray(truth), np.asarray(prediction)
+
+
+def _caption(captions: CaptionIndex, relpath: str) -> str | None:
+    try:
+        return captions.get(relpath)
+    except ValueError:  # several captions match: none is used, and the image counts as without one
+        return None
 
 
 def _label_map(labels: StemIndex | None, key: str, gaps: dict, errors: dict) -> np.ndarray | None:
@@ -308,6 +310,5 @@ def grid_rows(ground_truth_dir: Path, runs: list[tuple[MethodSpec, RunResult]], 
         images = [truth] + [align_to_truth(read_rgb(paths[relpath]), truth.size,
                                            config.evaluate.resize_filter, config.evaluate.aspect_mismatch)
                             for paths in predictions]
-        size = (max(1, round(truth.width * height / truth.height)), height)
-        rows.append([np.asarray(image.resize(size, Image.Resampling.LANCZOS)) for image in images])
+        rows.append([thumbnail(image, height) for image in images])
     return rows, relpaths

@@ -62,8 +62,8 @@ def draw_comparison(output_dir: Path, ground_truth_dir: Path, runs: list[tuple[M
                     config: Config, grid_images: int) -> None:
     """Rate-distortion plots (one PNG per metric and one with every panel) and an image grid."""
     curves = rate_distortion_curves(runs)
-    metrics = [m for m in TABLE_METRICS[1:] if any(v.get(m) is not None for points in curves.values()
-                                                 for _, v in points)]
+    metrics = [m for m in TABLE_METRICS if m != "bpp"
+               and any(values.get(m) is not None for points in curves.values() for _, values in points)]
     if curves and metrics:
         plot_rate_distortion_panels(curves, metrics, output_dir / "rate_distortion.png")
         for metric in metrics:

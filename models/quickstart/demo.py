@@ -35,11 +35,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from models.baselines.codecs import CODECS
 from models.config import PROJECT_ROOT, Config, ConfigError, load_config
+from models.evaluation import METRIC_NAMES
+from models.imageio import thumbnail
+from models.layout import IMAGE_OUTPUT_SUFFIX, SEM_SUFFIX, index_by_stem, output_relpath
 from models.quickstart.model_folder import SHAPES_CONFIG
 from models.quickstart.shapes import HELD_OUT_SPLIT, held_out_samples, write_samples
 
-CODECS = ("jpeg", "webp", "png", "avif", "jxl")
 METRICS = ("psnr", "ssim", "semantic")  # MS-SSIM needs sides > 160 px; LPIPS etc. need downloads
 MARKER = ".demo-report"  # marks a folder the demo may empty and rewrite
 GRID_CELL = 128  # pixels per grid cell (shapes images are upscaled without smoothing)
@@ -57,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_images", type=int, default=8, help="shapes images to generate")
     parser.add_argument("--seed", type=int, default=0, help="data-set seed of the generated images")
     parser.add_argument("--codecs", nargs="+", choices=CODECS, default=list(CODECS), help="baseline codecs")
-    parser.add_argument("--metrics", nargs="+", default=list(METRICS), help="evaluate.py --metrics")
+    parser.add_argument("--metrics", nargs="+", choices=METRIC_NAMES, default=list(METRICS),
+                        help="evaluate.py --metrics")
     parser.add_argument("--grid_images", type=int, default=6, help="rows of the grid")
     return parser.parse_args(argv)
 
@@ -179,13 +183,6 @@ def metrics_table(rows: list[dict], fits: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def thumbnail(image: Image.Image) -> np.ndarray:
-    """A grid cell GRID_CELL pixels high: small images enlarged without smoothing, large ones reduced."""
-    size = (max(1, round(image.width * GRID_CELL / image.height)), GRID_CELL)
-    resample = Image.Resampling.LANCZOS if image.height > GRID_CELL else Image.Resampling.NEAREST
-    return np.asarray(image.convert("RGB").resize(size, resample))
-
-
 def draw_grid(output_dir: Path, originals: Path, rows: list[dict], codecs: list[str], count: int) -> Path:
     """grid.png: original | transmitted label map | ours | each codec, one image per row."""
     from models.bitstream import read_sem
@@ -195,15 +192,14 @@ def draw_grid(output_dir: Path, originals: Path, rows: list[dict], codecs: list[
     bpp = {row["method"]: row.get("bpp") for row in rows}
     titles = ["original", "label map (sent)"] + [
         f"{name}\n{bpp[name]:.3f} bpp" if bpp.get(name) is not None else name for name in ["ours", *codecs]]
-    cells, captions = [], []
-    for sem in sorted((output_dir / "semantic").rglob("*.sem"))[:count]:
-        rel = sem.relative_to(output_dir / "semantic").with_suffix(".png")
+    cells, captions, originals_by_stem = [], [], index_by_stem(originals)
+    for key, sem in sorted(index_by_stem(output_dir / "semantic", suffix=SEM_SUFFIX).files.items())[:count]:
+        rel = output_relpath(key, IMAGE_OUTPUT_SUFFIX)
         code = read_sem(sem)
-        original = next(path for path in (originals / rel.parent).glob(rel.stem + ".*") if path.is_file())
-        images = [Image.open(original), Image.fromarray(colorize(code.label_map)),
+        images = [Image.open(originals_by_stem.files[key]), Image.fromarray(colorize(code.label_map)),
                   Image.open(output_dir / "reconstructions" / rel)]
         images += [Image.open(output_dir / "baselines" / f"{codec}_decoded" / rel) for codec in codecs]
-        cells.append([thumbnail(image) for image in images])
+        cells.append([thumbnail(image, GRID_CELL) for image in images])
         captions.append(_wrap(code.caption, 26))
     plot_image_grid(cells, titles, captions, output_dir / "grid.png", cell_height=GRID_CELL)
     return output_dir / "grid.png"

@@ -63,6 +63,11 @@ class TrainingPair:
     label_map_path: Path
     caption: str
 
+    @property
+    def relpath(self) -> str:
+        """The image's path relative to its split folder (``<rel>``)."""
+        return self.key.partition("/")[2]
+
 
 @dataclass
 class SplitIndex:

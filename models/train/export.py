@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         output_dir = export_checkpoint(args.checkpoint, args.output_dir)
-    except (OSError, ValueError, KeyError) as error:
-        print(f"error: {args.checkpoint}: {error}", file=sys.stderr)
+    except (OSError, ValueError) as error:  # the messages name the file
+        print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"exported ControlNet to {output_dir}")
     return 0

@@ -45,7 +45,7 @@ from models.encode.job import (ImageFiles, caption_records, label_map_path, merg
 from models.encode.segmentation import CheckpointError
 from models.imageio import (ImageReadError, InputFile, atomic_path, atomic_save_image, atomic_write_json, is_image_name,
                             read_json, read_label_map, read_rgb, walk_files)
-from models.layout import IMAGES_FOLDER, LABEL_MAPS_FOLDER, PROMPTS_FILE, SPLITS, write_prompts
+from models.layout import IMAGES_FOLDER, LABEL_MAPS_FOLDER, PROMPTS_FILE, SPLITS, split_folders, write_prompts
 from models.palettes import NUM_VOC_CLASSES, VOID_LABEL, label_map_to_pil
 from models.runtime import DeviceSpec, is_global_zero, network_dtype, resolve_devices
 
@@ -221,18 +221,19 @@ class Preparer:
         self.copied_instead = False  # hard links were impossible for at least one file
         self.sources: dict[Path, Path] = {}  # image in the layout -> its source file
 
-    def split_dir(self, folder: str, split: str) -> Path:
-        return self.data_root / folder / split
+    def folders(self, split: str) -> tuple[Path, Path]:
+        """The image folder and the label-map folder of ``split``."""
+        return split_folders(self.data_root, split)
 
     def image_path(self, item: SourceItem) -> Path:
-        return self.split_dir(IMAGES_FOLDER, item.split) / item.relpath
+        return self.folders(item.split)[0] / item.relpath
 
     def map_path(self, item: SourceItem) -> Path:
-        return label_map_path(self.split_dir(LABEL_MAPS_FOLDER, item.split), item.relpath)
+        return label_map_path(self.folders(item.split)[1], item.relpath)
 
     def fail(self, split: str, relpath: str, reason: str) -> None:
         """Record a failure of a file in the layout under the name of its source file."""
-        layout_path = self.split_dir(IMAGES_FOLDER, split) / relpath
+        layout_path = self.folders(split)[0] / relpath
         self.failures[str(self.sources.get(layout_path, layout_path))] = reason
 
     def place(self, item: SourceItem) -> bool:
@@ -276,7 +277,7 @@ def find_split_conflicts(items: list[SourceItem], data_root: Path) -> dict[str, 
     conflicts = {}
     for item in items:
         for other in SPLITS:
-            if other != item.split and (data_root / IMAGES_FOLDER / other / item.relpath).exists():
+            if other != item.split and (split_folders(data_root, other)[0] / item.relpath).exists():
                 conflicts[str(item.image)] = (
                     f"already in original_images/{other}/ but now assigned to {item.split}; the "
                     f"source changed since the last run: use a fresh --data_root")
@@ -293,7 +294,7 @@ def caption_device(devices: DeviceSpec) -> torch.device:
 def caption_split(captioner: BlipCaptioner, split: str, todo: list[SourceItem],
                   preparer: Preparer, config: Config) -> None:
     """Caption ``todo`` (images of one split), saving ``prompts.json`` after each batch."""
-    output_dir = preparer.split_dir(LABEL_MAPS_FOLDER, split)
+    output_dir = preparer.folders(split)[1]
     captions = read_captions(output_dir)
     files = [InputFile(preparer.image_path(item), item.relpath) for item in todo]
     loader = DataLoader(ImageFiles(files, config.encode.max_pixels), collate_fn=list,
@@ -314,7 +315,7 @@ def caption_ground_truth(placed: list[SourceItem], preparer: Preparer, config: C
     """BLIP captions for the placed images that have none; BLIP is loaded only if needed."""
     todo = {}
     for split in SPLITS:
-        captions = read_captions(preparer.split_dir(LABEL_MAPS_FOLDER, split))
+        captions = read_captions(preparer.folders(split)[1])
         todo[split] = [i for i in placed if i.split == split and i.relpath not in captions]
     if not any(todo.values()):
         return
@@ -332,8 +333,7 @@ def caption_ground_truth(placed: list[SourceItem], preparer: Preparer, config: C
 def encode_predicted(preparer: Preparer, config: Config, devices: DeviceSpec) -> bool:
     """Run the encoder job on each split folder, as process_input.py would; False on rank > 0."""
     for split in SPLITS:
-        input_dir = preparer.split_dir(IMAGES_FOLDER, split)
-        output_dir = preparer.split_dir(LABEL_MAPS_FOLDER, split)
+        input_dir, output_dir = preparer.folders(split)
         if not input_dir.is_dir():
             continue
         plan = plan_encode(input_dir, output_dir)

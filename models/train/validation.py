@@ -27,13 +27,12 @@ from models.config import Config
 from models.decode.checkpoint_format import control_metadata
 from models.decode.controlnet_loader import ControlNetSource, resolve_control_spec
 from models.decode.decoder import ControlNetDecoder, SamplerSettings, SpeedOptions, image_seed
-from models.imageio import atomic_save_image, read_label_map, read_rgb
-from models.layout import stem_key
+from models.imageio import atomic_save_image, read_label_map, read_rgb, thumbnail
+from models.layout import IMAGE_OUTPUT_SUFFIX, output_relpath, stem_key
 from models.palettes import colorize
 from models.semantic_code import SemanticCode
 
 GRID_PADDING = 2  # white pixels between the cells of the grid
-GRID_FILTERS = (Image.Resampling.NEAREST, Image.Resampling.LANCZOS, Image.Resampling.LANCZOS)  # per grid row
 
 
 def validation_sampler(config: Config) -> SamplerSettings:
@@ -80,13 +79,13 @@ class ValidationImages(pl.Callback):
         self.decoder.use(pl_module.device)
         decode = pl_module.config.decode
         codes = [SemanticCode(read_label_map(pair.label_map_path), pair.caption) for pair in pairs]
-        relpaths = [pair.key.partition("/")[2] for pair in pairs]  # relative to original_images/val/
+        relpaths = [pair.relpath for pair in pairs]
         seeds = [image_seed(decode.seed, stem_key(relpath)) for relpath in relpaths]
         with trainer.precision_plugin.forward_context():
             images = self.decoder.decode(codes, seeds, decode.batch_size)
         step_folder = self.folder / f"step-{trainer.global_step:07d}"
         for relpath, image in zip(relpaths, images):
-            atomic_save_image(Image.fromarray(image), step_folder / (stem_key(relpath) + ".png"))
+            atomic_save_image(Image.fromarray(image), step_folder / output_relpath(relpath, IMAGE_OUTPUT_SUFFIX))
         columns = [[colorize(code.label_map, pl_module.config.diffusion.palette), image,
                     np.asarray(read_rgb(pair.image_path))] for code, image, pair in zip(codes, images, pairs)]
         self.log_grid(trainer, image_grid(columns, pl_module.config.diffusion.resolution))
@@ -102,11 +101,11 @@ class ValidationImages(pl.Callback):
 
 def image_grid(columns: list[list[np.ndarray]], height: int) -> np.ndarray:
     """(H, W, 3) uint8: each column's (h, w, 3) images (label map, decoding, photograph) one above the
-    other, scaled to ``height`` rows each with their aspect kept, columns side by side on white."""
-    scaled = [[_scale_to_height(image, height, resample) for image, resample in zip(column, GRID_FILTERS)]
-              for column in columns]
+    other, as thumbnails ``height`` rows high, columns side by side on white."""
+    scaled = [[thumbnail(image, height) for image in column] for column in columns]
     widths = [max(image.shape[1] for image in column) for column in scaled]
-    grid = np.full((len(GRID_FILTERS) * (height + GRID_PADDING) + GRID_PADDING,
+    rows = max(len(column) for column in scaled)
+    grid = np.full((rows * (height + GRID_PADDING) + GRID_PADDING,
                     sum(widths) + GRID_PADDING * (len(widths) + 1), 3), 255, dtype=np.uint8)
     left = GRID_PADDING
     for column, width in zip(scaled, widths):
@@ -115,11 +114,3 @@ def image_grid(columns: list[list[np.ndarray]], height: int) -> np.ndarray:
             grid[top:top + height, left:left + image.shape[1]] = image
         left += width + GRID_PADDING
     return grid
-
-
-def _scale_to_height(image: np.ndarray, height: int, resample: Image.Resampling) -> np.ndarray:
-    """An (h, w, 3) uint8 image at ``height`` rows, its aspect ratio kept."""
-    if image.shape[0] == height:
-        return image
-    width = max(1, round(image.shape[1] * height / image.shape[0]))
-    return np.asarray(Image.fromarray(image).resize((width, height), resample))
