@@ -12,12 +12,11 @@ Nothing here imports torch, diffusers or transformers: ``--help`` of every scrip
 from __future__ import annotations
 
 import argparse
-import types
-import typing
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from models.config import DEFAULT_CONFIG_PATH, Config, config_field, load_config
+from models.config import DEFAULT_CONFIG_PATH, Config, config_field, config_type, load_config
 
 CONFIG_DEST = "config."  # a config flag's dest is this prefix plus its "section.key"
 
@@ -32,16 +31,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str | Path | 
 def config_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, key: str, help: str,
                 const: Any = None) -> None:
     """A flag that sets the config value ``key`` ("section.key") when given; absent, the config
-    file's value stands. Booleans become switches (setting True), ``const`` makes a switch that
+    file's value stands. Booleans become ``--flag`` / ``--no-flag``, ``const`` makes a switch that
     sets that value; other types and choices are the field's."""
-    field = config_field(key)
-    text = f"{help} (sets {key}; default {field.default!r} unless configured)"
-    common = {"dest": CONFIG_DEST + key, "default": argparse.SUPPRESS, "help": text}
-    kind = _value_type(typing.get_type_hints(_section_type(key))[key.partition(".")[2]])
+    field, kind = config_field(key), config_type(key)
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    common = {"dest": CONFIG_DEST + key, "default": argparse.SUPPRESS,
+              "help": f"{help} (sets {key}; default {default!r} unless configured)"}
     if const is not None:
         parser.add_argument(flag, action="store_const", const=const, **common)
         return
-    if kind is bool:  # --flag sets True, --no-flag False
+    if kind is bool:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         return
     choices = [choice for choice in field.metadata.get("choices") or () if choice is not None]
@@ -59,7 +58,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config_path, args.override, config_values(args))
 
 
-def add_device_arguments(parser: argparse.ArgumentParser, gpu_flag: str = "--gpus") -> None:
+def add_device_arguments(parser: argparse.ArgumentParser, gpu_flag: Literal["--gpus", "--gpu_ids"] = "--gpus") -> None:
     """The device flags of every script (``gpu_flag``: the original README's spelling);
     ``models.runtime.resolve_devices`` turns them into a ``DeviceSpec``."""
     group = parser.add_argument_group("devices")
@@ -88,14 +87,3 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     config_flag(parser, "--allow_pickle", "segmentation.allow_pickle",
                 "load a legacy segmentation checkpoint that needs pickle (trusted files only)")
     add_device_arguments(parser, gpu_flag="--gpus")
-
-
-def _section_type(key: str) -> type:
-    return type(getattr(Config(), key.partition(".")[0]))
-
-
-def _value_type(hint: Any) -> type:
-    """The type a flag parses: the field's type, without ``None`` (``int | None`` -> int)."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        (hint,) = [option for option in typing.get_args(hint) if option is not type(None)]
-    return hint

@@ -222,13 +222,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_field(key: str) -> dataclasses.Field:
-    """The dataclass field of "section.key" (its type, default, choices, path marker)."""
+    """The dataclass field of "section.key" (its default, choices, path marker)."""
     section_name, _, name = key.partition(".")
     section = _section(Config(), section_name, "config")
     fields = {item.name: item for item in dataclasses.fields(section)}
     if name not in fields:
         raise ConfigError(f"unknown key '{key}'{_suggest(name, list(fields))}")
     return fields[name]
+
+
+def config_type(key: str) -> Any:
+    """The type of the value "section.key" holds, without ``None`` (``int | None`` -> ``int``)."""
+    section_name, _, name = key.partition(".")
+    config_field(key)  # a wrong key raises ConfigError
+    hint = typing.get_type_hints(type(getattr(Config(), section_name)))[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = [option for option in typing.get_args(hint) if option is not type(None)]
+        hint = options[0] if len(options) == 1 else hint
+    return hint
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:

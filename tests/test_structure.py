@@ -21,11 +21,11 @@ ALLOWED = {
     "bitstream": {CORE},
     "encode": {CORE, "bitstream"},  # encoding writes .sem files
     "baselines": {CORE},
-    "decode": {CORE, "bitstream"},
-    "evaluation": {CORE, "bitstream", "encode"},
-    "train": {CORE, "bitstream", "encode", "decode"},
-    "tiny": {CORE, "encode", "decode", "evaluation"},
-    "quickstart": {CORE, "bitstream", "encode", "decode", "evaluation", "baselines", "train", "tiny"},
+    "decode": {CORE, "bitstream"},  # decoding reads .sem files
+    "evaluation": {CORE, "bitstream", "encode"},  # re-segmenting reconstructions
+    "train": {CORE, "encode", "decode"},  # data preparation; the checkpoint format, SD1.5, the decoder
+    "tiny": {CORE, "encode", "decode", "evaluation"},  # the real formats it writes
+    "quickstart": {CORE, "bitstream", "encode", "decode", "evaluation", "baselines"},
 }
 MAX_FUNCTION_LINES, MAX_CLASS_LINES = 50, 250
 
