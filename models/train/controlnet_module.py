@@ -1,4 +1,4 @@
-"""Training the ControlNet decoder: the Lightning module, its checkpoints and their export.
+"""The training loop: the Lightning module that trains the ControlNet decoder on frozen SD1.5.
 
 The objective is the one of ControlNet (Zhang, Rao and Agrawala, 2023, "Adding Conditional
 Control to Text-to-Image Diffusion Models") and of diffusers' ``train_controlnet`` example: the
