@@ -1,7 +1,7 @@
 """The data-folder layout that every stage reads and writes: file names, captions, per-process records.
 
 - ``prompts.json``: ``{relative image path: caption}`` (``read_prompts``, ``write_prompts``);
-- ``.sem`` files (``SEM_SUFFIX``), label maps as ``.png`` next to nothing else of the same stem;
+- ``.sem`` files (``SEM_SUFFIX``) and label maps (palette PNGs) named after the image they came from;
 - *stems*: reconstructions, compressed files and label maps keep the relative path of the image
   they came from but may change its extension (``train/2007_000032.jpg`` ->
   ``train/2007_000032.png`` or ``.sem``), so files are matched on their key, the relative path

@@ -71,10 +71,9 @@ class ValidationImages(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         index = getattr(trainer.datamodule, "val_index", None)
-        count = pl_module.config.train.num_validation_images
-        if not trainer.is_global_zero or trainer.sanity_checking or index is None or not index.pairs[:count]:
+        pairs = index.pairs[:max(0, pl_module.config.train.num_validation_images)] if index is not None else []
+        if not trainer.is_global_zero or trainer.sanity_checking or not pairs:
             return
-        pairs = index.pairs[:count]
         self.decoder = self.decoder or training_decoder(pl_module)
         self.decoder.use(pl_module.device)
         decode = pl_module.config.decode
