@@ -10,7 +10,9 @@
   JSON lines to its own ``.<name>.rank<R>.jsonl``; rank 0 folds them into the job's file at the end
   (and the next run folds what an interrupted one left);
 - the training layout: ``<data_root>/original_images/<split>/`` (photographs) and
-  ``<data_root>/segmented_images/<split>/`` (label maps and ``prompts.json``), ``SPLITS``.
+  ``<data_root>/segmented_images/<split>/`` (label maps and ``prompts.json``), ``SPLITS``;
+- ``label_set.json``: the label set of the maps in a folder and below (``write_label_set``,
+  ``find_label_set``); a folder without one holds VOC maps, as before label sets existed.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple, TypeVar
 
-from models.imageio import InputFile, atomic_write_json, is_image_name, walk_files
+from models.imageio import InputFile, atomic_write_json, is_image_name, read_json, walk_files
+from models.palettes import LABEL_SETS, VOC, LabelSet, label_set_from_dict
 
 PROMPTS_FILE = "prompts.json"
+LABEL_SET_FILE = "label_set.json"
 SEM_SUFFIX = ".sem"  # the file extension of semantic codes (models.bitstream)
 LABEL_MAP_SUFFIX = ".png"
 IMAGE_OUTPUT_SUFFIX = ".png"  # images the project writes: reconstructions, decoded baselines
@@ -59,6 +63,30 @@ def split_folders(data_root: str | os.PathLike, split: str) -> tuple[Path, Path]
     """The image folder and the label-map folder (which holds ``prompts.json``) of ``split`` in the
     training layout."""
     return Path(data_root) / IMAGES_FOLDER / split, Path(data_root) / LABEL_MAPS_FOLDER / split
+
+
+def write_label_set(folder: str | os.PathLike, label_set: LabelSet) -> None:
+    """Record the label set of the maps under ``folder`` (atomically)."""
+    atomic_write_json(Path(folder) / LABEL_SET_FILE, label_set.to_dict())
+
+
+def find_label_set(path: str | os.PathLike, name: str | None = None) -> LabelSet:
+    """The label set of the map at (or the maps in) ``path``: the nearest ``label_set.json`` in its
+    folder or a folder above; VOC where there is none. With ``name`` (what a ``.sem`` file says),
+    a built-in set, or the nearest sidecar of that name; ``ValueError`` if there is none."""
+    if name in LABEL_SETS:
+        return LABEL_SETS[name]
+    path = Path(path).resolve()
+    for folder in ([path] if path.is_dir() else []) + list(path.parents):
+        data = read_json(folder / LABEL_SET_FILE)
+        if isinstance(data, dict) and (name is None or data.get("name") == name):
+            try:
+                return label_set_from_dict(data)
+            except ValueError as error:
+                raise ValueError(f"{folder / LABEL_SET_FILE}: {error}") from None
+    if name is None:
+        return VOC
+    raise ValueError(f"{path}: label set {name!r} is not built in and no {LABEL_SET_FILE} above it defines it")
 
 
 def read_prompts(path: str | os.PathLike, required: bool = True) -> dict[str, str]:

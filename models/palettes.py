@@ -1,11 +1,22 @@
-"""Class names and colour palettes (PASCAL VOC, ADE20K), and label map <-> colour image.
+"""Label sets: what the values of a label map mean and how they are drawn (PASCAL VOC, ADE20K, ...).
 
-A label map is an ``(H, W)`` ``uint8`` array of class ids. On disk it is a palette PNG whose
-pixel values are the class ids, so any image viewer shows the VOC colours while every tool
-reads back the exact ids.
+A label map is an ``(H, W)`` ``uint8`` array of class ids, always read with its label set
+(``LabelSet``): ``voc`` (0 background, 1-20 the VOC objects, 255 void), ``ade20k`` (the 150
+SceneParse150 classes as the ADEChallengeData2016 annotations store them: 0 "other"/unlabelled,
+v = class v of the benchmark, 1 = wall), ``uint8`` (any byte, no meaning attached) or a named
+custom set with its class names (``custom_label_set``, carried in a ``label_set.json`` sidecar).
+On disk a map is a palette PNG whose pixel values are the class ids, coloured with its set's
+colours, so any image viewer shows the map while every tool reads back the exact ids.
+
+Drawing a map for a ControlNet (``control_colors``) uses the colours that ControlNet was trained
+with: its own set's, or, for VOC maps and the public ADE20K ControlNets, each VOC class in the
+colour of the ADE20K class that matches it (``VOC_TO_ADE20K_NAME``).
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -35,8 +46,12 @@ def voc_colormap(num_entries: int = 256) -> np.ndarray:
 
 VOC_PALETTE: np.ndarray = voc_colormap()  # (256, 3) uint8; row 255 is the void colour
 
-# The 150 SceneParse150 (ADE20K) classes and the palette that MMSegmentation and the public
-# segmentation ControlNet (lllyasviel/sd-controlnet-seg) use; ADE20K class k has colour k.
+# The 150 SceneParse150 (ADE20K) classes in benchmark order and MMSegmentation's ADE20K palette:
+# model class k (0 = wall) has colour k. lllyasviel's annotator (annotator/uniformer, which made
+# the training maps of lllyasviel/sd-controlnet-seg) draws mmseg's ``show_result``: for label,
+# colour in enumerate(get_palette("ade")): seg == label gets colour, with the model's labels
+# 0..149, then converts to BGR and back to RGB; so wall is (120, 120, 120). The model card's
+# snippet prepends (0, 0, 0) and indexes it with the same labels, which shifts every class by one.
 ADE20K_CLASSES: tuple[str, ...] = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane",
     "grass", "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant",
@@ -91,50 +106,136 @@ ADE20K_PALETTE: np.ndarray = np.array([
     [0, 133, 255], [255, 214, 0], [25, 194, 194], [102, 255, 0], [92, 0, 255],
 ], dtype=np.uint8)  # (150, 3)
 
-# Each VOC class drawn as the ADE20K class that the public segmentation ControlNet knows best.
-# VOC's background has no ADE20K counterpart; "wall" (mid grey, the first and most frequent
-# ADE20K class) is the most neutral choice: it asks for a plain surface, not sky or grass.
-VOC_TO_ADE20K_NAME: dict[str, str] = {
-    "background": "wall", "aeroplane": "airplane", "bicycle": "bicycle", "bird": "animal",
+# Each VOC class drawn as the ADE20K class that the public segmentation ControlNets know best
+# (decoding VOC maps with them, zero-shot). No ADE20K class means "background": VOC's background
+# is whatever surrounds the 20 objects (sky, grass, water, a room), and drawing it as one class
+# (e.g. "wall") asks for that class behind every aeroplane, boat and cow. It is drawn black, the
+# colour of no ADE20K class, as void is, so the caption decides what fills it. VOC's six animals
+# share ADE20K's one "animal" (the caption names which), trains become ADE20K's nearest vehicle
+# ("bus"), motorbikes "minibike", TV monitors "television receiver", dining tables "table".
+VOC_TO_ADE20K_NAME: dict[str, str | None] = {
+    "background": None, "aeroplane": "airplane", "bicycle": "bicycle", "bird": "animal",
     "boat": "boat", "bottle": "bottle", "bus": "bus", "car": "car", "cat": "animal",
     "chair": "chair", "cow": "animal", "diningtable": "table", "dog": "animal",
     "horse": "animal", "motorbike": "minibike", "person": "person", "pottedplant": "plant",
-    "sheep": "animal", "sofa": "sofa", "train": "bus", "tvmonitor": "monitor",
+    "sheep": "animal", "sofa": "sofa", "train": "bus", "tvmonitor": "television receiver",
 }
+NO_CLASS_COLOR = (0, 0, 0)  # ADE20K "other", and VOC background and void in ADE20K colours
+PALETTES = ("voc", "ade20k")  # the colours a ControlNet can have been trained with
 
 
-def voc_to_ade20k_palette() -> np.ndarray:
-    """A 256-entry palette that draws VOC class ids in their matching ADE20K colours."""
-    palette = VOC_PALETTE.copy()
+@dataclass(frozen=True, eq=False)
+class LabelSet:
+    """What the values of a label map mean and how they are drawn."""
+
+    name: str
+    class_names: tuple[str, ...]  # value v means class_names[v]
+    colors: np.ndarray  # (256, 3) uint8: value -> colour (palette PNGs, palette control images)
+    void: int | None = None  # a value outside the classes meaning "not labelled" (VOC: 255)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def check(self, label_map: np.ndarray) -> None:
+        """Raise ``ValueError`` naming the values of ``label_map`` that are neither a class nor void."""
+        present = np.flatnonzero(np.bincount(np.asarray(label_map, dtype=np.uint8).ravel(), minlength=256))
+        bad = present[(present >= self.num_classes) & (present != (-1 if self.void is None else self.void))]
+        if bad.size:
+            shown = ", ".join(str(int(v)) for v in bad[:5]) + (", ..." if bad.size > 5 else "")
+            void = f" (and {self.void} = void)" if self.void is not None else ""
+            raise ValueError(f"class ids {shown} outside 0..{self.num_classes - 1}{void} of the {self.name} label set")
+
+    def to_dict(self) -> dict:
+        """The set as JSON-ready data (the ``label_set.json`` sidecar)."""
+        return {"name": self.name, "classes": list(self.class_names),
+                "colors": self.colors[:self.num_classes].tolist(), "void": self.void}
+
+
+def _ade20k_colors() -> np.ndarray:
+    """Annotation value v (1..150) in the colour of model class v - 1; 0 ("other") black."""
+    colors = np.zeros((256, 3), dtype=np.uint8)
+    colors[1:151] = ADE20K_PALETTE
+    colors[0] = NO_CLASS_COLOR
+    return colors
+
+
+VOC = LabelSet("voc", VOC_CLASSES, VOC_PALETTE, void=VOID_LABEL)
+ADE20K = LabelSet("ade20k", ("other",) + ADE20K_CLASSES, _ade20k_colors())
+UINT8 = LabelSet("uint8", tuple(str(value) for value in range(256)), voc_colormap())
+LABEL_SETS: dict[str, LabelSet] = {label_set.name: label_set for label_set in (VOC, ADE20K, UINT8)}
+LABEL_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")  # a custom set's name, whole (fullmatch)
+
+
+def get_label_set(name: str) -> LabelSet:
+    """The built-in label set called ``name`` (custom sets come from their sidecar file)."""
+    if name not in LABEL_SETS:
+        raise ValueError(f"unknown label set {name!r}: built in are {', '.join(LABEL_SETS)}; a custom set "
+                         f"needs its label_set.json")
+    return LABEL_SETS[name]
+
+
+def custom_label_set(name: str, class_names: list[str] | tuple[str, ...], colors: list | None = None,
+                     void: int | None = None) -> LabelSet:
+    """A named set of up to 256 classes; colours default to the VOC colour map's (distinct)."""
+    if not LABEL_SET_NAME.fullmatch(name) or name in LABEL_SETS:
+        raise ValueError(f"a custom label set needs a name of 1-64 letters, digits and . _ + - other than "
+                         f"{', '.join(LABEL_SETS)}; got {name!r}")
+    if not 1 <= len(class_names) <= 256 or (void is not None and not len(class_names) <= void <= 255):
+        raise ValueError(f"label set {name!r}: 1 to 256 classes and a void value above them, got "
+                         f"{len(class_names)} classes and void {void}")
+    table = voc_colormap()
+    if colors is not None:
+        table[:len(colors)] = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
+    return LabelSet(name, tuple(str(c) for c in class_names), table, void)
+
+
+def label_set_from_dict(data: dict) -> LabelSet:
+    """The set a ``label_set.json`` describes (built-in names give the built-in set)."""
+    if data.get("name") in LABEL_SETS:
+        return LABEL_SETS[data["name"]]
+    return custom_label_set(str(data.get("name")), data.get("classes") or [], data.get("colors"), data.get("void"))
+
+
+def _voc_in_ade20k_colors() -> np.ndarray:
+    colors = np.zeros((256, 3), dtype=np.uint8)  # void and every unused value: no class
     for voc_id, voc_name in enumerate(VOC_CLASSES):
-        ade_id = ADE20K_CLASSES.index(VOC_TO_ADE20K_NAME[voc_name])
-        palette[voc_id] = ADE20K_PALETTE[ade_id]
-    return palette
+        ade_name = VOC_TO_ADE20K_NAME[voc_name]
+        colors[voc_id] = NO_CLASS_COLOR if ade_name is None else ADE20K_PALETTE[ADE20K_CLASSES.index(ade_name)]
+    return colors
 
 
-PALETTES: dict[str, np.ndarray] = {"voc": VOC_PALETTE, "ade20k": voc_to_ade20k_palette()}
+VOC_IN_ADE20K_COLORS = _voc_in_ade20k_colors()
 
 
-def get_palette(name: str) -> np.ndarray:
-    """The (256, 3) uint8 palette called ``name`` ("voc" or "ade20k")."""
-    if name not in PALETTES:
-        raise ValueError(f"unknown palette {name!r}; choose one of {sorted(PALETTES)}")
-    return PALETTES[name]
+def control_colors(label_set: LabelSet, palette: str) -> np.ndarray:
+    """(256, 3) colours that draw ``label_set`` maps for a ControlNet trained on ``palette`` colours:
+    VOC maps for an ADE20K ControlNet through ``VOC_TO_ADE20K_NAME``; custom and uint8 sets always
+    in their own colours; ADE20K maps only for an ADE20K ControlNet."""
+    if palette not in PALETTES:
+        raise ValueError(f"unknown palette {palette!r}; choose one of {PALETTES}")
+    if label_set.name == "voc" and palette == "ade20k":
+        return VOC_IN_ADE20K_COLORS
+    if label_set.name in PALETTES and label_set.name != palette:
+        raise ValueError(f"{label_set.name} label maps cannot be drawn for a ControlNet trained on {palette} "
+                         f"colours; use one trained on {label_set.name} maps (for ADE20K: "
+                         f"lllyasviel/sd-controlnet-seg)")
+    return label_set.colors
 
 
-def colorize(label_map: np.ndarray, palette: str | np.ndarray = "voc") -> np.ndarray:
-    """Render an (H, W) label map as an (H, W, 3) uint8 colour image."""
-    colors = get_palette(palette) if isinstance(palette, str) else palette
+def colorize(label_map: np.ndarray, label_set: LabelSet | np.ndarray = VOC) -> np.ndarray:
+    """Render an (H, W) label map as an (H, W, 3) uint8 colour image (a set's or a (256, 3) table)."""
+    colors = label_set.colors if isinstance(label_set, LabelSet) else label_set
     return colors[np.asarray(label_map, dtype=np.uint8)]
 
 
-def label_map_to_pil(label_map: np.ndarray, palette: str = "voc") -> Image.Image:
-    """A mode-"P" image whose pixel values are the class ids, coloured with ``palette``."""
+def label_map_to_pil(label_map: np.ndarray, label_set: LabelSet = VOC) -> Image.Image:
+    """A mode-"P" image whose pixel values are the class ids, coloured with ``label_set``'s colours."""
     label_map = np.asarray(label_map)
     if label_map.ndim != 2:
         raise ValueError(f"a label map is 2-D, got shape {label_map.shape}")
     image = Image.fromarray(label_map.astype(np.uint8), mode="P")
-    image.putpalette(get_palette(palette).reshape(-1).tolist())
+    image.putpalette(label_set.colors.reshape(-1).tolist())
     return image
 
 
@@ -153,9 +254,9 @@ def label_map_from_pil(image: Image.Image) -> np.ndarray:
     )
 
 
-def colors_to_label_map(rgb: np.ndarray, palette: str = "voc") -> np.ndarray:
+def colors_to_label_map(rgb: np.ndarray, label_set: LabelSet = VOC) -> np.ndarray:
     """Invert ``colorize``: each pixel's colour to its class id; unknown colours raise."""
-    colors = get_palette(palette)
+    colors = label_set.colors
     rgb = np.asarray(rgb, dtype=np.uint8)
     codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
     table = {}
@@ -167,7 +268,7 @@ def colors_to_label_map(rgb: np.ndarray, palette: str = "voc") -> np.ndarray:
     if unknown:
         first = unknown[0]
         raise ValueError(
-            f"{len(unknown)} colour(s) are not in the {palette} palette, e.g. "
+            f"{len(unknown)} colour(s) are not in the {label_set.name} colours, e.g. "
             f"RGB({first >> 16}, {(first >> 8) & 255}, {first & 255})"
         )
     ids = np.array([table[int(u)] for u in unique], dtype=np.uint8)

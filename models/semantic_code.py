@@ -9,11 +9,12 @@ import numpy as np
 
 @dataclass
 class SemanticCode:
-    """A label map (class ids, the original image's size) and a caption."""
+    """A label map (class ids at the original image's size), its label set and a caption."""
 
     label_map: np.ndarray  # (H, W) uint8 class ids
     caption: str
     seed: int | None = None  # decoding seed, when one is stored with the code
+    label_set: str = "voc"  # what the ids mean (models.palettes.LabelSet name)
 
     def __post_init__(self) -> None:
         self.label_map = np.asarray(self.label_map)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from models.decode.control import conditioning_channels, control_tensor, resize_label_map
-from models.palettes import VOC_PALETTE, get_palette
+from models.palettes import ADE20K, ADE20K_PALETTE, VOC, VOC_IN_ADE20K_COLORS, VOC_PALETTE
 
 
 def test_palette_rendering_is_the_palette_in_zero_one():
@@ -13,12 +13,23 @@ def test_palette_rendering_is_the_palette_in_zero_one():
     assert torch.allclose(control[:, 0, 1] * 255, torch.tensor(VOC_PALETTE[15], dtype=torch.float32))
     assert torch.allclose(control[:, 1, 0] * 255, torch.tensor(VOC_PALETTE[255], dtype=torch.float32))
     ade = control_tensor(label_map, palette="ade20k")
-    assert torch.allclose(ade[:, 0, 1] * 255, torch.tensor(get_palette("ade20k")[15], dtype=torch.float32))
+    assert torch.allclose(ade[:, 0, 1] * 255, torch.tensor(VOC_IN_ADE20K_COLORS[15], dtype=torch.float32))
+
+
+def test_ade20k_maps_are_drawn_as_the_public_controlnets_annotator_drew_them():
+    """Annotation value v is model class v - 1 in mmseg's palette (wall = 120, 120, 120); 0 is black."""
+    label_map = np.array([[1, 2, 3, 13], [0, 150, 1, 1]], dtype=np.uint8)  # wall building sky person / other ...
+    control = (control_tensor(label_map, ADE20K, palette="ade20k") * 255).round().to(torch.uint8)
+    expected = torch.from_numpy(np.stack([ADE20K_PALETTE[v - 1] if v else (0, 0, 0) for v in label_map.flat]))
+    assert torch.equal(control.permute(1, 2, 0).reshape(-1, 3), expected.to(torch.uint8))
+    assert tuple(control[:, 0, 0].tolist()) == (120, 120, 120) and tuple(control[:, 0, 1].tolist()) == (180, 120, 120)
+    with pytest.raises(ValueError, match="cannot be drawn for a ControlNet trained on voc"):
+        control_tensor(label_map, ADE20K, palette="voc")
 
 
 def test_onehot_rendering_has_one_channel_per_class_and_zeros_for_void():
     label_map = np.array([[0, 20], [255, 3]], dtype=np.uint8)
-    control = control_tensor(label_map, mode="onehot", num_classes=21)
+    control = control_tensor(label_map, VOC, mode="onehot")
     assert control.shape == (21, 2, 2)
     assert control[0, 0, 0] == 1 and control[20, 0, 1] == 1 and control[3, 1, 1] == 1
     assert control[:, 1, 0].sum() == 0

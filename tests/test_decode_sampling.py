@@ -9,8 +9,8 @@ import torch
 
 from models.config import apply_overrides, load_config
 from models.decode.controlnet_loader import ControlSpec
-from models.decode.decoder import (ControlNetDecoder, check_label_map, form_batches, generation_size, image_seed,
-                                   make_scheduler)
+from models.decode.decoder import ControlNetDecoder, form_batches, generation_size, image_seed, make_scheduler
+from models.palettes import ADE20K, VOC
 from models.semantic_code import SemanticCode
 from tests.decode_fixtures import trained_controlnet  # noqa: F401
 
@@ -84,10 +84,12 @@ def test_control_images_follow_the_spec(decoder):
         decoder.control_spec = spec
 
 
-def test_class_ids_outside_the_classes_are_refused():
-    check_label_map(np.array([[0, 20, 255]], dtype=np.uint8), 21)
+def test_maps_the_controlnet_cannot_draw_are_refused(decoder):
+    decoder.check_code(np.array([[0, 20, 255]], dtype=np.uint8), VOC)
     with pytest.raises(ValueError, match="class ids 21, 40 outside 0..20"):
-        check_label_map(np.array([[0, 21, 40, 255]], dtype=np.uint8), 21)
+        decoder.check_code(np.array([[0, 21, 40, 255]], dtype=np.uint8), VOC)
+    with pytest.raises(ValueError, match="ade20k label maps cannot be drawn for a ControlNet trained on voc"):
+        decoder.check_code(np.array([[1, 2]], dtype=np.uint8), ADE20K)
 
 
 def test_batches_group_equal_sizes_in_a_fixed_order():

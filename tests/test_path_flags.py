@@ -53,7 +53,7 @@ def encoded(root) -> Path:
 
 def test_process_input(encoded):
     assert sorted(path.name for path in encoded.iterdir()) == [
-        "2007_000032.png", "2007_000032.sem", "2007_000039.png", "2007_000039.sem", "prompts.json"]
+        "2007_000032.png", "2007_000032.sem", "2007_000039.png", "2007_000039.sem", "label_set.json", "prompts.json"]
 
 
 def test_process_decoding(root, encoded):

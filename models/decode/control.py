@@ -3,10 +3,11 @@
 Training and decoding must render a label map the same way, so both go through this module.
 Two renderings:
 
-- ``palette`` (default): the label map drawn in a palette's colours (VOC, or ADE20K for the public
-  segmentation ControlNet), 3 channels;
-- ``onehot``: one channel per class; ids outside ``0..num_classes-1`` (VOC's void 255) are all
-  zeros.
+- ``palette`` (default): the label map drawn in the colours the ControlNet was trained with
+  (``models.palettes.control_colors``: a VOC ControlNet's, or ADE20K's for the public segmentation
+  ControlNets, which also draws VOC maps through the VOC-to-ADE20K class mapping), 3 channels;
+- ``onehot``: one channel per class of the map's label set; values outside its classes (VOC's
+  void 255) are all zeros.
 
 Both give float tensors in [0, 1], the range diffusers' ControlNet pipelines feed.
 """
@@ -18,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from models.palettes import get_palette
-
-CONDITIONING_MODES = ("palette", "onehot")
+from models.config import CONDITIONING_MODES
+from models.palettes import VOC, LabelSet, control_colors
 
 
 def conditioning_channels(mode: str, num_classes: int = 21) -> int:
@@ -37,15 +37,16 @@ def resize_label_map(label_map: np.ndarray, width: int, height: int) -> np.ndarr
     return np.asarray(Image.fromarray(label_map).resize((width, height), Image.NEAREST))
 
 
-def control_tensor(label_map: np.ndarray, mode: str = "palette", palette: str = "voc",
-                   num_classes: int = 21) -> torch.Tensor:
-    """(C, H, W) float32 control image in [0, 1] for an (H, W) uint8 label map."""
-    conditioning_channels(mode, num_classes)
+def control_tensor(label_map: np.ndarray, label_set: LabelSet = VOC, palette: str = "voc",
+                   mode: str = "palette") -> torch.Tensor:
+    """(C, H, W) float32 control image in [0, 1] for an (H, W) uint8 label map of ``label_set``,
+    for a ControlNet trained on ``palette`` colours (``palette`` mode) or one-hot classes."""
+    conditioning_channels(mode, label_set.num_classes)
     label_map = np.asarray(label_map, dtype=np.uint8)
     if mode == "palette":
-        colors = torch.from_numpy(get_palette(palette)[label_map])  # (H, W, 3) uint8
+        colors = torch.from_numpy(control_colors(label_set, palette)[label_map])  # (H, W, 3) uint8
         return colors.permute(2, 0, 1).float() / 255.0
     ids = torch.from_numpy(label_map.astype(np.int64))  # (H, W)
-    valid = ids < num_classes
-    one_hot = F.one_hot(torch.where(valid, ids, 0), num_classes)  # (H, W, classes)
+    valid = ids < label_set.num_classes
+    one_hot = F.one_hot(torch.where(valid, ids, 0), label_set.num_classes)  # (H, W, classes)
     return (one_hot * valid.unsqueeze(-1)).permute(2, 0, 1).float()

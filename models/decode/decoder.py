@@ -35,7 +35,7 @@ from models.decode.controlnet_loader import (CheckpointFormatError, ControlNetSo
 from models.decode.sampling import SamplerPlan, combine, plan_sampler
 from models.decode.stable_diffusion import SDComponents, load_sd_components
 from models.imageio import RESIZE_FILTERS
-from models.palettes import VOID_LABEL
+from models.palettes import VOC, LabelSet, control_colors, get_label_set
 from models.semantic_code import SemanticCode
 
 # Samplers by name: (class, settings on top of the base model's noise schedule).
@@ -117,15 +117,6 @@ def generation_size(width: int, height: int, control: ControlSpec) -> tuple[int,
     scale = control.resolution / math.sqrt(width * height)
     return tuple(max(SIZE_MULTIPLE, round(side * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE)
                  for side in (width, height))
-
-
-def check_label_map(label_map: np.ndarray, num_classes: int) -> None:
-    """Raise ``ValueError`` for class ids outside 0..num_classes-1 other than void (255)."""
-    present = np.unique(label_map)
-    bad = present[(present >= num_classes) & (present != VOID_LABEL)]
-    if bad.size:
-        shown = ", ".join(str(int(v)) for v in bad[:5]) + (", ..." if bad.size > 5 else "")
-        raise ValueError(f"class ids {shown} outside 0..{num_classes - 1} (and {VOID_LABEL} = void)")
 
 
 def form_batches(keys: list, batch_size: int) -> list[list[int]]:
@@ -229,21 +220,36 @@ class ControlNetDecoder:
         """(width, height) at which an image of this size is generated."""
         return generation_size(width, height, self.control_spec)
 
-    def control_image(self, label_map: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-        """(C, h, w) float32 control image for ``label_map`` at ``size`` = (w, h), in the spec's range."""
-        check_label_map(label_map, self.control_spec.num_classes)
+    def check_code(self, label_map: np.ndarray, label_set: LabelSet) -> None:
+        """``ValueError`` unless this ControlNet can draw ``label_map``: its values are classes (or
+        void) of ``label_set``, its colours are ones the ControlNet knows, or, for one-hot control,
+        the ControlNet has one channel per class of the set."""
+        label_set.check(label_map)
+        spec = self.control_spec
+        if spec.mode == "palette":
+            control_colors(label_set, spec.palette)
+        elif label_set.num_classes != spec.num_classes:
+            raise ValueError(f"the {label_set.name} label set has {label_set.num_classes} classes, the ControlNet's "
+                             f"one-hot control {spec.num_classes}")
+
+    def control_image(self, label_map: np.ndarray, size: tuple[int, int], label_set: LabelSet = VOC) -> torch.Tensor:
+        """(C, h, w) float32 control image for a ``label_set`` map at ``size`` = (w, h), in the spec's range."""
+        self.check_code(label_map, label_set)
         resized = resize_label_map(label_map, *size)  # nearest: class ids are never blended
         spec = self.control_spec
-        control = control_tensor(resized, spec.mode, spec.palette, spec.num_classes)
+        control = control_tensor(resized, label_set, spec.palette, spec.mode)
         return control * 2 - 1 if spec.value_range == "signed" else control
 
-    def decode(self, codes: list[SemanticCode], seeds: list[int], batch_size: int | None = None) -> list[np.ndarray]:
-        """(H, W, 3) uint8 images at each code's size; codes of equal generation size share batches."""
+    def decode(self, codes: list[SemanticCode], seeds: list[int], batch_size: int | None = None,
+               label_sets: dict[str, LabelSet] | None = None) -> list[np.ndarray]:
+        """(H, W, 3) uint8 images at each code's size; codes of equal generation size share batches.
+        A code's label set is a built-in one or, by name, one of ``label_sets``."""
         sizes = [self.generation_size(code.width, code.height) for code in codes]
+        sets = [(label_sets or {}).get(code.label_set) or get_label_set(code.label_set) for code in codes]
         images: list[np.ndarray] = [None] * len(codes)  # type: ignore[list-item]
         for batch in form_batches(sizes, batch_size or max(1, len(codes))):
             width, height = sizes[batch[0]]
-            control = torch.stack([self.control_image(codes[i].label_map, (width, height)) for i in batch])
+            control = torch.stack([self.control_image(codes[i].label_map, (width, height), sets[i]) for i in batch])
             noise = torch.cat([initial_noise(seeds[i], self.latent_shape(width, height)) for i in batch])
             pixels = self.sample(control, [codes[i].caption for i in batch], noise)
             for index, image in zip(batch, pixels.numpy()):

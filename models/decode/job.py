@@ -22,7 +22,7 @@ written.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytorch_lightning as pl
@@ -31,10 +31,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from models.bitstream import read_code_file
 from models.config import Config
-from models.decode.decoder import ControlNetDecoder, check_label_map, form_batches, image_seed
+from models.decode.decoder import ControlNetDecoder, form_batches, image_seed
 from models.imageio import ImageReadError, atomic_save_image, atomic_write_json, is_image_name, read_json, walk_files
-from models.layout import (IMAGE_OUTPUT_SUFFIX, SEM_SUFFIX, CaptionIndex, RankRecords, output_relpath,
-                           read_consistently, read_prompts, stem_key)
+from models.layout import (IMAGE_OUTPUT_SUFFIX, LABEL_SET_FILE, SEM_SUFFIX, CaptionIndex, find_label_set, RankRecords,
+                           output_relpath, read_consistently, read_prompts, stem_key)
+from models.palettes import VOC, LabelSet
 from models.runtime import (PRECISIONS, DeviceSpec, JobResult, OutputWriter, library_versions, prediction_trainer,
                             print_job_report)
 from models.semantic_code import SemanticCode
@@ -75,6 +76,15 @@ def read_semantic_code(path: Path, caption: str | None, missing_caption: str = "
     return code
 
 
+def label_set_of(path: Path, code: SemanticCode) -> LabelSet:
+    """The label set of the code read from ``path``: named in a ``.sem`` file (built in, or a
+    ``label_set.json`` above it of that name), or the ``label_set.json`` above a label-map PNG."""
+    try:
+        return find_label_set(path, code.label_set if path.suffix.lower() == SEM_SUFFIX else None)
+    except ValueError as error:
+        raise InputError(str(error).removeprefix(f"{path.resolve()}: ")) from None
+
+
 def sem_shadowed(relpaths: list[str]) -> set[str]:
     """Label-map images that have a ``.sem`` file of the same path and stem: the code is decoded."""
     sem_stems = {stem_key(r) for r in relpaths if r.lower().endswith(SEM_SUFFIX)}
@@ -102,6 +112,7 @@ class DecodeItem:
     seed: int
     size: tuple[int, int]  # original (width, height)
     generation_size: tuple[int, int]  # (width, height) generated at
+    label_set: LabelSet = VOC  # what its label map's values mean
 
     @property
     def output_relpath(self) -> str:
@@ -109,7 +120,7 @@ class DecodeItem:
 
     def record(self) -> dict[str, Any]:
         """This image's manifest entry."""
-        return {"input": self.relpath, "caption": self.caption, "seed": self.seed,
+        return {"input": self.relpath, "caption": self.caption, "seed": self.seed, "label_set": self.label_set.name,
                 "size": list(self.size), "generation_size": list(self.generation_size)}
 
 
@@ -132,7 +143,8 @@ def plan_decode(input_dir: Path, captions: CaptionIndex, decoder: ControlNetDeco
                 skip_files: tuple[Path, ...] = ()) -> DecodePlan:
     """Read every input under ``input_dir`` once, check it, give it a seed and put it in a batch."""
     plan, items, claimed = DecodePlan(), [], {}
-    entries = [entry for entry in walk_files(input_dir) if entry.path not in skip_files]
+    entries = [entry for entry in walk_files(input_dir)
+               if entry.path not in skip_files and PurePosixPath(entry.relpath).name != LABEL_SET_FILE]
     shadowed = sem_shadowed([entry.relpath for entry in entries])
     if shadowed:
         plan.warnings.append(f"{len(shadowed)} label-map image(s) have a .sem file of the same name; "
@@ -164,13 +176,14 @@ def _plan_item(path: Path, relpath: str, caption: str | None, decoder: ControlNe
         raise InputError(f"its output {output} would overwrite the one of {claimed[output]}; rename one")
     claimed[output] = relpath
     code = read_semantic_code(path, caption, config.decode.missing_caption)
+    label_set = label_set_of(path, code)
     try:
-        check_label_map(code.label_map, decoder.control_spec.num_classes)
+        decoder.check_code(code.label_map, label_set)
     except ValueError as error:
         raise InputError(str(error)) from None
     seed = code.seed if code.seed is not None else image_seed(config.decode.seed, stem_key(relpath))
-    return DecodeItem(relpath=relpath, path=path, caption=code.caption, seed=seed,
-                      size=(code.width, code.height), generation_size=decoder.generation_size(code.width, code.height))
+    return DecodeItem(relpath=relpath, path=path, caption=code.caption, seed=seed, size=(code.width, code.height),
+                      generation_size=decoder.generation_size(code.width, code.height), label_set=label_set)
 
 
 def run_settings(decoder: ControlNetDecoder, config: Config, precision: str) -> dict[str, Any]:
@@ -270,7 +283,8 @@ class DecodeModule(pl.LightningModule):
                 good.append(item)
             except InputError as error:  # the file changed since planning
                 records.append({"item": item, "error": error.reason})
-        images = self.decoder.decode(codes, [item.seed for item in good]) if codes else []
+        label_sets = {item.label_set.name: item.label_set for item in good}
+        images = self.decoder.decode(codes, [item.seed for item in good], label_sets=label_sets) if codes else []
         records += [{"item": item, "image": image} for item, image in zip(good, images)
                     if item.output_relpath not in self.done]
         return records

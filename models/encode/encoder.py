@@ -8,16 +8,17 @@ from PIL import Image
 
 from models.config import Config
 from models.encode.captioning import BlipCaptioner
-from models.encode.segmentation import DeepLabV3Plus, load_segmenter
+from models.encode.segmentation import load_segmenter
 from models.runtime import network_dtype
 from models.semantic_code import SemanticCode
 
 
 
 class SemanticEncoder:
-    """DeepLabV3+ label maps and BLIP captions for a batch of images."""
+    """Label maps (DeepLabV3+ or a transformers model: ``segmenter.label_set`` says what they mean)
+    and BLIP captions for a batch of images."""
 
-    def __init__(self, segmenter: DeepLabV3Plus, captioner: BlipCaptioner):
+    def __init__(self, segmenter: torch.nn.Module, captioner: BlipCaptioner):
         self.segmenter = segmenter
         self.captioner = captioner
 
@@ -41,4 +42,5 @@ class SemanticEncoder:
                              dtype=np.uint8) for image in images]
         label_maps = self.segmenter.predict(arrays)
         captions = self.captioner.caption(arrays)
-        return [SemanticCode(label_map=m, caption=c) for m, c in zip(label_maps, captions)]
+        label_set = self.segmenter.label_set.name
+        return [SemanticCode(label_map=m, caption=c, label_set=label_set) for m, c in zip(label_maps, captions)]

@@ -4,8 +4,10 @@ Layout written under the output folder:
 
 - ``<relative path>.sem``: the label map, caption and seed of each input image in our compact
   file format (``models.bitstream``, ``docs/bitstream.md``); its size is the rate we report;
-- ``<relative path>.png``: the label map of each input image, a palette PNG (pixel = class id);
-- ``prompts.json``: ``{relative input path: caption}`` for every encoded image.
+- ``<relative path>.png``: the label map of each input image, a palette PNG (pixel = class id,
+  coloured with its label set's colours);
+- ``prompts.json``: ``{relative input path: caption}`` for every encoded image;
+- ``label_set.json``: the label set of the maps (``models.layout.find_label_set``).
 
 ``OutputSpec.format`` chooses the outputs: ``png`` (the training layout, PNG + ``prompts.json``;
 the default here, which ``models.train.prepare_data`` relies on), ``sem`` (only ``.sem`` files) or
@@ -32,7 +34,7 @@ from models.config import Config
 from models.encode.encoder import SemanticEncoder
 from models.imageio import ImageReadError, InputFile, atomic_save_image, read_rgb
 from models.layout import (ENCODE_FORMATS, PROMPTS_FILE, RankRecords, label_map_relpath, list_inputs, read_consistently,
-                           read_prompts, sem_relpath, write_prompts)
+                           read_prompts, sem_relpath, write_label_set, write_prompts)
 from models.palettes import label_map_to_pil
 from models.runtime import DeviceSpec, JobResult, OutputWriter, network_dtype, prediction_trainer, print_job_report
 from models.semantic_code import SemanticCode
@@ -184,13 +186,13 @@ class EncodeWriter(OutputWriter):
             if self.outputs.writes_sem:
                 try:
                     write_sem(sem_path(self.output_dir, record["relpath"]),
-                              SemanticCode(code.label_map, code.caption, self.outputs.seed),
+                              SemanticCode(code.label_map, code.caption, self.outputs.seed, code.label_set),
                               grid=self.outputs.grid)
                 except ValueError as error:  # e.g. a map larger than the format allows
                     self.failures[record["relpath"]] = f"cannot write its .sem file ({error})"
                     continue
             if self.outputs.writes_png:
-                atomic_save_image(label_map_to_pil(code.label_map),
+                atomic_save_image(label_map_to_pil(code.label_map, pl_module.encoder.segmenter.label_set),
                                   label_map_path(self.output_dir, record["relpath"]))
                 captions.append({"image": record["relpath"], "caption": code.caption})
             self.written += 1
@@ -218,6 +220,8 @@ def run_encode(plan: EncodePlan, config: Config, devices: DeviceSpec, output_dir
     module = EncodeModule(SemanticEncoder.from_config(config), config.encode.precision)
     trainer.predict(module, dataloaders=loader, return_predictions=False)
     result = writer.result(trainer)
+    if trainer.is_global_zero:
+        write_label_set(output_dir, module.encoder.segmenter.label_set)  # what the maps' values mean
     if trainer.is_global_zero and outputs.writes_png:
         merge_captions(output_dir)
     trainer.strategy.barrier()

@@ -10,8 +10,9 @@ Per image pair (prediction against ground truth, at the ground truth's size):
 - ``dists`` (Ding et al. 2020, torchmetrics' network, at full resolution);
 - ``clip_score`` (Hessel et al. 2021): 100 x cosine of CLIP image and caption embeddings,
   clipped at 0 (torchmetrics ``CLIPScore``);
-- ``sem_miou``, ``sem_pixel_accuracy``: the prediction re-segmented by our DeepLabV3+ against
-  the label map that was transmitted (void pixels ignored; mIoU over classes in either map).
+- ``sem_miou``, ``sem_pixel_accuracy``: the prediction re-segmented by the encoder's network
+  (``segmentation``: DeepLabV3+ or a transformers model) against the label map that was
+  transmitted, in that network's label set (void pixels ignored; mIoU over classes in either map).
 
 Over the whole set: ``fid`` (Heusel et al. 2017) and ``kid`` (Binkowski et al. 2018) with
 torch-fidelity's Inception-v3 through torchmetrics, on whole images and on ``patch_size``
@@ -248,7 +249,7 @@ class CLIPScoreMetric:
 
 
 class SemanticConsistency:
-    """The prediction re-segmented by DeepLabV3+, compared with the transmitted label map."""
+    """The prediction re-segmented by the encoder's network, compared with the transmitted label map."""
 
     columns = ("sem_miou", "sem_pixel_accuracy")
 
@@ -259,7 +260,7 @@ class SemanticConsistency:
             self.segmenter = load_segmenter(config, device)
         except CheckpointError as error:
             raise MetricUnavailable(str(error)) from None
-        self.num_classes = config.num_classes
+        self.num_classes = self.segmenter.label_set.num_classes  # the transmitted maps are of its set
         self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
 
     def __call__(self, pair: ImagePair) -> dict[str, float]:

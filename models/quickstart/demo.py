@@ -39,7 +39,7 @@ from models.baselines.codecs import CODECS
 from models.config import PROJECT_ROOT, Config, ConfigError, load_config
 from models.evaluation import METRIC_NAMES
 from models.imageio import thumbnail
-from models.layout import IMAGE_OUTPUT_SUFFIX, SEM_SUFFIX, index_by_stem, output_relpath
+from models.layout import IMAGE_OUTPUT_SUFFIX, SEM_SUFFIX, find_label_set, index_by_stem, output_relpath
 from models.quickstart.model_folder import SHAPES_CONFIG
 from models.quickstart.shapes import HELD_OUT_SPLIT, held_out_samples, write_samples
 
@@ -196,7 +196,8 @@ def draw_grid(output_dir: Path, originals: Path, rows: list[dict], codecs: list[
     for key, sem in sorted(index_by_stem(output_dir / "semantic", suffix=SEM_SUFFIX).files.items())[:count]:
         rel = output_relpath(key, IMAGE_OUTPUT_SUFFIX)
         code = read_sem(sem)
-        images = [Image.open(originals_by_stem.files[key]), Image.fromarray(colorize(code.label_map)),
+        images = [Image.open(originals_by_stem.files[key]),
+                  Image.fromarray(colorize(code.label_map, find_label_set(sem, code.label_set))),
                   Image.open(output_dir / "reconstructions" / rel)]
         images += [Image.open(output_dir / "baselines" / f"{codec}_decoded" / rel) for codec in codecs]
         cells.append([thumbnail(image, GRID_CELL) for image in images])

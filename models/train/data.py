@@ -36,7 +36,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from models.config import Config
 from models.decode.control import control_tensor, resize_label_map
 from models.imageio import ImageReadError, is_image_name, read_label_map, read_rgb, walk_files
-from models.layout import LABEL_MAPS_FOLDER, PROMPTS_FILE, label_map_relpath, read_prompts, split_folders
+from models.layout import (LABEL_MAPS_FOLDER, PROMPTS_FILE, find_label_set, label_map_relpath, read_prompts,
+                           split_folders)
+from models.palettes import VOC, LabelSet, control_colors
 from models.runtime import is_global_zero
 
 EXAMPLES_SHOWN = 3  # file names printed per kind of problem
@@ -187,19 +189,18 @@ class SampleOptions:
     resolution: int = 512
     conditioning: str = "palette"
     palette: str = "voc"
-    num_classes: int = 21
+    label_set: LabelSet = VOC  # what the label maps' values mean (their folder's label_set.json)
     resize_mode: str = "crop"
     random_crop: bool = True
     random_flip: bool = True
     seed: int = 0
 
     @classmethod
-    def from_config(cls, config: Config) -> SampleOptions:
-        """The options a config asks for."""
+    def from_config(cls, config: Config, label_set: LabelSet = VOC) -> SampleOptions:
+        """The options a config asks for, for maps of ``label_set``."""
         train, diffusion = config.train, config.diffusion
-        return cls(diffusion.resolution, diffusion.conditioning, diffusion.palette,
-                   config.segmentation.num_classes, train.resize_mode, train.random_crop,
-                   train.random_flip, train.seed)
+        return cls(diffusion.resolution, diffusion.conditioning, diffusion.palette, label_set,
+                   train.resize_mode, train.random_crop, train.random_flip, train.seed)
 
 
 class LabelMapDataset(Dataset):
@@ -238,7 +239,7 @@ class LabelMapDataset(Dataset):
         image_array, label_map = resize_crop_flip(image, label_map, options.resolution, options.resize_mode,
                                                   rng, options.random_crop, options.random_flip)
         pixels = torch.from_numpy(image_array).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, R, R)
-        control = control_tensor(label_map, options.conditioning, options.palette, options.num_classes)
+        control = control_tensor(label_map, options.label_set, options.palette, options.conditioning)
         return {"pixel_values": pixels, "control": control, "caption": pair.caption,
                 "key": pair.key, "draw": draw}
 
@@ -272,6 +273,23 @@ class EndlessShardSampler(Sampler):
             draw += 1
 
 
+def training_label_set(data_root: Path, config: Config) -> LabelSet:
+    """The label set of the train and val maps (their ``label_set.json``), checked against the
+    ControlNet's control images; ``DataError`` saying what to change otherwise."""
+    sets = {split: find_label_set(split_folders(data_root, split)[1]) for split in ("train", "val")}
+    if sets["train"].name != sets["val"].name:
+        raise DataError(f"{data_root}: the train maps are {sets['train'].name}, the val maps {sets['val'].name}")
+    label_set, diffusion = sets["train"], config.diffusion
+    if diffusion.conditioning == "onehot" and label_set.num_classes != config.segmentation.num_classes:
+        raise DataError(f"one-hot control of {label_set.name} maps needs segmentation.num_classes: "
+                        f"{label_set.num_classes} (it is {config.segmentation.num_classes})")
+    try:
+        control_colors(label_set, diffusion.palette)
+    except ValueError as error:
+        raise DataError(f"{error} (set diffusion.palette: {label_set.name} to train on them)") from None
+    return label_set
+
+
 class DecoderDataModule(pl.LightningDataModule):
     """Train and validation loaders for ``train.py``; indexes the data once, on construction."""
 
@@ -279,7 +297,7 @@ class DecoderDataModule(pl.LightningDataModule):
         super().__init__()
         self.config = config
         self.data_root = Path(data_root or config.train.data_root)
-        self.options = SampleOptions.from_config(config)
+        self.options = SampleOptions.from_config(config, training_label_set(self.data_root, config))
         self.train_index = index_split(self.data_root, "train")
         self.val_index = index_split(self.data_root, "val")
         if verbose and is_global_zero():

@@ -76,16 +76,17 @@ class ValidationImages(pl.Callback):
             return
         self.decoder = self.decoder or training_decoder(pl_module)
         self.decoder.use(pl_module.device)
-        decode = pl_module.config.decode
-        codes = [SemanticCode(read_label_map(pair.label_map_path), pair.caption) for pair in pairs]
+        decode, label_set = pl_module.config.decode, trainer.datamodule.options.label_set
+        codes = [SemanticCode(read_label_map(pair.label_map_path), pair.caption, label_set=label_set.name)
+                 for pair in pairs]
         relpaths = [pair.relpath for pair in pairs]
         seeds = [image_seed(decode.seed, stem_key(relpath)) for relpath in relpaths]
         with trainer.precision_plugin.forward_context():
-            images = self.decoder.decode(codes, seeds, decode.batch_size)
+            images = self.decoder.decode(codes, seeds, decode.batch_size, {label_set.name: label_set})
         step_folder = self.folder / f"step-{trainer.global_step:07d}"
         for relpath, image in zip(relpaths, images):
             atomic_save_image(Image.fromarray(image), step_folder / output_relpath(relpath, IMAGE_OUTPUT_SUFFIX))
-        columns = [[colorize(code.label_map, pl_module.config.diffusion.palette), image,
+        columns = [[colorize(code.label_map, label_set), image,
                     np.asarray(read_rgb(pair.image_path))] for code, image, pair in zip(codes, images, pairs)]
         self.log_grid(trainer, image_grid(columns, pl_module.config.diffusion.resolution))
 
