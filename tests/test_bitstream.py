@@ -1,4 +1,4 @@
-"""The .sem format: exact round trips, the rates the issue asks for, the upsampling rule."""
+"""The .sem format: exact round trips, the rates the issues ask for, label sets, the upsampling rule."""
 
 import numpy as np
 import pytest
@@ -7,19 +7,28 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from models.bitstream import (caption_coder, decode_caption, decode_code, encode_caption, encode_code, inspect_code,
-                              read_sem, write_sem)
+                              read_code_file, read_sem, write_sem)
 from models.bitstream.grid import grid_shape, upsample_label_map
-from models.palettes import VOID_LABEL
+from models.bitstream.sem_file import SET_IDS
+from models.layout import write_label_set
+from models.palettes import ADE20K, LABEL_SETS, VOID_LABEL
 from models.semantic_code import SemanticCode
 from tests.conftest import DATA, VOC_MASKS
 
 CAPTIONS = (DATA / "captions.txt").read_text(encoding="utf-8").splitlines()
 GOLDEN = DATA / "bitstream"
+ADE_MAPS = DATA / "ade-samples" / "annotations"  # ADEChallengeData2016 annotations: 0 other, 1..150 classes
+ADE_GOLDEN_MAP = "ADE_train_00000970"
 
 
 @pytest.fixture(scope="module")
 def masks() -> dict[str, np.ndarray]:
     return {p.stem: np.array(Image.open(p)) for p in sorted(VOC_MASKS.glob("*.png"))}
+
+
+@pytest.fixture(scope="module")
+def ade_maps() -> dict[str, np.ndarray]:
+    return {p.stem: np.array(Image.open(p)) for p in sorted(ADE_MAPS.glob("*.png"))}
 
 
 def test_lossless_round_trip_is_exact_and_below_the_target_rate(masks):
@@ -95,11 +104,12 @@ def test_small_and_thin_maps(shape):
 
 def test_any_uint8_labels_use_the_generic_label_set():
     label_map = np.random.default_rng(0).integers(0, 256, size=(40, 50), dtype=np.uint8)
-    data = encode_code(SemanticCode(label_map, ""))
-    assert inspect_code(data).label_set == "uint8"
+    data = encode_code(SemanticCode(label_map, "", label_set="uint8"))
+    assert inspect_code(data).label_set == "uint8" and inspect_code(data).version == 1
     assert np.array_equal(decode_code(data).label_map, label_map)
-    with pytest.raises(ValueError, match="not all VOC ids"):
-        encode_code(SemanticCode(label_map, ""), label_set="voc")
+    assert decode_code(data).label_set == "uint8"
+    with pytest.raises(ValueError, match="outside 0..20 .* of the voc label set"):
+        encode_code(SemanticCode(label_map, ""))  # the default set is VOC: the values must be VOC ids
 
 
 def test_a_single_label_map_has_no_map_data():
@@ -159,3 +169,89 @@ def test_upsampling_in_strips_equals_one_pass(monkeypatch):
     whole = compact_grid.upsample_label_map(grid, 203, 141)
     monkeypatch.setattr(compact_grid, "UPSAMPLE_STRIP_PIXELS", 450)  # strips of 2 rows
     np.testing.assert_array_equal(compact_grid.upsample_label_map(grid, 203, 141), whole)
+
+
+def test_every_built_in_label_set_has_an_id():
+    assert set(SET_IDS) == set(LABEL_SETS)
+
+
+def test_ade20k_maps_meet_the_rates_of_issue_19(ade_maps):
+    """Lossless at most 0.035 bpp; grid 64 at most 120 bytes per map at 96% agreement or more."""
+    rates, sizes, agreement = [], [], []
+    for label_map in ade_maps.values():
+        code = SemanticCode(label_map, "", label_set="ade20k")
+        lossless, compact = encode_code(code), encode_code(code, grid=64)
+        back = decode_code(lossless)
+        assert np.array_equal(back.label_map, label_map) and back.label_set == "ade20k"
+        rates.append(inspect_code(lossless).bits_per_pixel)
+        sizes.append(len(compact))
+        agreement.append(np.mean(decode_code(compact).label_map == label_map))  # ADE20K has no void
+    assert len(rates) == 2
+    assert np.mean(rates) <= 0.035 and max(sizes) <= 120 and np.mean(agreement) >= 0.96
+
+
+@pytest.mark.parametrize("label_set, version", [("voc", 1), ("uint8", 1), ("ade20k", 2), ("my-labels_2.0", 2)])
+def test_writers_use_the_lowest_version_that_holds_the_label_set(label_set, version):
+    label_map = np.zeros((6, 9), dtype=np.uint8)
+    label_map[2:5, 3:7] = 15
+    for grid in (None, 4):
+        data = encode_code(SemanticCode(label_map, "x", seed=1, label_set=label_set), grid=grid)
+        info = inspect_code(data)
+        assert data[3] == info.version == version and info.label_set == label_set
+        back = decode_code(data)
+        assert back.label_set == label_set and back.caption == "x" and back.seed == 1
+
+
+def test_a_named_label_set_travels_after_the_label_list():
+    label_map = np.array([[0, 7, 200], [200, 7, 0]], dtype=np.uint8)
+    data = encode_code(SemanticCode(label_map, "", label_set="Cityscapes-19"))
+    # magic, version 2, flags (set id 3), width 3, height 2, 3 labels, the name with its length
+    assert data.startswith(b"SEM\x02\x30\x03\x02\x02\x00\x07\xc8\x0dCityscapes-19")
+    back = decode_code(data)
+    assert back.label_set == "Cityscapes-19" and np.array_equal(back.label_map, label_map)
+
+
+@pytest.mark.parametrize("name", ["", "bad name", "-lead", "x" * 65, "ünï", "voc2\n"])
+def test_bad_label_set_names_are_refused(name):
+    with pytest.raises(ValueError, match="label set name"):
+        encode_code(SemanticCode(np.zeros((2, 2), np.uint8), "", label_set=name))
+
+
+def test_label_map_values_the_set_does_not_allow_are_named(ade_maps):
+    with pytest.raises(ValueError, match="class ids 61 outside 0..20"):
+        encode_code(SemanticCode(ade_maps["ADE_train_00000970"], ""))  # 61 (river) is no VOC id
+    voc = np.array([[0, 15, 255]], dtype=np.uint8)
+    with pytest.raises(ValueError, match="class ids 255 outside 0..150 of the ade20k label set"):
+        encode_code(SemanticCode(voc, "", label_set="ade20k"))
+
+
+def test_compact_mode_ignores_only_the_sets_void():
+    label_map = np.full((4, 4), 255, dtype=np.uint8)
+    label_map[0, 0] = 3  # one pixel of class 3 in a cell of void
+    voc = decode_code(encode_code(SemanticCode(label_map, ""), grid=1)).label_map
+    uint8 = decode_code(encode_code(SemanticCode(label_map, "", label_set="uint8"), grid=1)).label_map
+    assert np.all(voc == 3) and np.all(uint8 == 255)
+
+
+def test_golden_files_pin_format_version_2(ade_maps):
+    """An ADE20K code: version 2, label set id 2. Changing these bytes changes the format."""
+    label_map = ade_maps[ADE_GOLDEN_MAP]
+    code = SemanticCode(label_map, "a house by a river, trees and grass", seed=7, label_set="ade20k")
+    for name, grid in (("lossless", None), ("compact64", 64)):
+        golden = (GOLDEN / f"{ADE_GOLDEN_MAP}-{name}.sem").read_bytes()
+        assert golden[3] == 2 and golden[4] >> 4 == 2
+        assert encode_code(code, grid=grid) == golden
+        decoded = decode_code(golden)
+        assert (decoded.caption, decoded.seed, decoded.label_set) == (code.caption, 7, "ade20k")
+        assert inspect_code(golden).label_set == "ade20k"
+    lossless = decode_code((GOLDEN / f"{ADE_GOLDEN_MAP}-lossless.sem").read_bytes())
+    assert np.array_equal(lossless.label_map, label_map)
+
+
+def test_a_label_map_png_is_read_with_its_folders_label_set(tmp_path):
+    label_map = np.array([[0, 61], [150, 2]], dtype=np.uint8)
+    Image.fromarray(label_map, mode="L").save(tmp_path / "map.png")
+    assert read_code_file(tmp_path / "map.png").label_set == "voc"  # no label_set.json: VOC
+    write_label_set(tmp_path, ADE20K)
+    code = read_code_file(tmp_path / "map.png")
+    assert code.label_set == "ade20k" and np.array_equal(code.label_map, label_map) and code.caption == ""

@@ -1,11 +1,13 @@
 """The command line of the ``.sem`` format: encode a label map, decode a file, print its fields.
 
-    python -m models.bitstream encode MAP.png OUT.sem [--caption TEXT] [--seed N] [--grid G]
+    python -m models.bitstream encode MAP.png OUT.sem [--caption TEXT] [--seed N] [--grid G] [--label_set NAME]
     python -m models.bitstream decode IN.sem MAP.png
     python -m models.bitstream info IN.sem
 
-A file that cannot be read, decoded or written is one line on stderr, ``error: FILE: reason``,
-and exit status 1.
+A map's label set is the one its folder declares (``label_set.json``, ``models.layout``; VOC where
+none does) unless ``--label_set`` names one; decoding draws the map in its set's colours. A file
+that cannot be read, decoded or written is one line on stderr, ``error: FILE: reason``, and exit
+status 1.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import sys
 from models.bitstream.errors import BitstreamError
 from models.bitstream.sem_file import MAX_PIXELS, inspect_code, read_sem, read_sem_bytes, write_sem
 from models.imageio import ImageReadError, atomic_save_image, read_label_map
-from models.palettes import label_map_to_pil
+from models.layout import find_label_set
+from models.palettes import UINT8, LabelSet, label_map_to_pil
 from models.rate import bits_per_pixel
 from models.semantic_code import SemanticCode
 
@@ -36,6 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     encode.add_argument("--seed", type=int, default=None, help="decoding seed to store")
     encode.add_argument("--grid", type=int, default=None,
                         help="compact mode: grid cells on the long side; None: lossless")
+    encode.add_argument("--label_set", default=None,
+                        help="label set of the map: voc, ade20k, uint8 or a custom set's name (its "
+                             "label_set.json in the map's folder or above); None: the folder's set, "
+                             "VOC where no label_set.json says otherwise")
     decode = commands.add_parser("decode", help=".sem -> label map PNG; prints the caption",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     decode.add_argument("input", help="the .sem file")
@@ -50,7 +57,9 @@ def encode_command(args: argparse.Namespace) -> None:
     """Label map PNG (+ caption, seed) -> ``.sem`` file; prints its size and rate."""
     # The format cannot hold more pixels than MAX_PIXELS: refuse larger maps before decoding them.
     label_map = read_label_map(args.label_map, max_pixels=MAX_PIXELS)
-    code = SemanticCode(label_map, args.caption, args.seed)
+    label_set = find_label_set(args.label_map, args.label_set)
+    label_set.check(label_map)
+    code = SemanticCode(label_map, args.caption, args.seed, label_set=label_set.name)
     size = write_sem(args.output, code, grid=args.grid)
     print(f"{args.output}: {size} bytes, "
           f"{bits_per_pixel(size, code.width, code.height):.5f} bits per pixel")
@@ -59,8 +68,19 @@ def encode_command(args: argparse.Namespace) -> None:
 def decode_command(args: argparse.Namespace) -> None:
     """``.sem`` file -> full-size palette PNG; prints the caption."""
     code = read_sem(args.input)
-    atomic_save_image(label_map_to_pil(code.label_map), args.label_map)
+    label_set = _label_set_to_draw(code.label_set, args.input)
+    atomic_save_image(label_map_to_pil(code.label_map, label_set), args.label_map)
     print(code.caption)
+
+
+def _label_set_to_draw(name: str, sem_path: str) -> LabelSet:
+    """The label set a decoded map is drawn with: built in, or the nearest ``label_set.json`` of
+    that name; the uint8 colours (with a warning) when no sidecar defines a named set."""
+    try:
+        return find_label_set(sem_path, name)
+    except ValueError as error:
+        print(f"warning: {error}; drawing the map in the uint8 colours", file=sys.stderr)
+        return UINT8
 
 
 def info_command(args: argparse.Namespace) -> None:

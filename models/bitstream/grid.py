@@ -2,7 +2,7 @@
 
 ``grid_shape`` fixes the grid's size from the one number a file stores (cells on the long
 side); ``downsample_label_map`` is the encoder's choice of each cell's label (a majority vote,
-not part of the format); ``upsample_label_map`` is the decoder's rule, part of format version 1
+not part of the format); ``upsample_label_map`` is the decoder's rule, part of format versions 1 and 2
 (``docs/bitstream.md``, "Compact mode and its upsampling rule"): a bilinear vote of the four
 nearest grid cells in exact integers.
 """
@@ -10,8 +10,6 @@ nearest grid cells in exact integers.
 from __future__ import annotations
 
 import numpy as np
-
-from models.palettes import VOID_LABEL
 
 UPSAMPLE_STRIP_PIXELS = 1 << 20  # compact-mode upsampling works on strips of about this many pixels
 
@@ -76,8 +74,9 @@ def _vote(grid_map: np.ndarray, rows_before: np.ndarray, rows_after: np.ndarray,
 
 
 def downsample_label_map(label_map: np.ndarray, grid_width: int, grid_height: int,
-                         void_label: int | None = VOID_LABEL) -> np.ndarray:
-    """The most frequent label of each grid cell, ignoring void unless a cell is all void."""
+                         void_label: int | None) -> np.ndarray:
+    """The most frequent label of each grid cell, ignoring ``void_label`` (the label set's void, e.g.
+    VOC's 255; None: nothing) unless a cell is all void."""
     height, width = label_map.shape
     cell_rows = (np.arange(height) * grid_height) // height
     cell_cols = (np.arange(width) * grid_width) // width
