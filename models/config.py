@@ -29,6 +29,7 @@ from models.palettes import PALETTES
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configs" / "config.yaml"
 PRECISION_NAMES = ("32", "16", "bf16")  # network precisions on a GPU (models.runtime.PRECISIONS)
+SEGMENTER_FAMILIES = ("deeplabv3plus", "transformers")  # the networks that draw label maps (models.encode)
 CONDITIONING_MODES = ("palette", "onehot")  # how a label map is drawn as a control image (models.decode.control)
 
 
@@ -44,9 +45,13 @@ def choice_field(default: Any, choices: tuple) -> Any:
 
 @dataclass
 class SegmentationConfig:
-    """DeepLabV3+ label-map network (PASCAL VOC, 21 classes)."""
+    """The label-map network: DeepLabV3+ (PASCAL VOC, 21 classes) or a transformers model (e.g. ADE20K)."""
 
-    checkpoint: str | None = path_field("checkpoints/best_deeplabv3plus_resnet101_voc_os16.pth")
+    family: str = choice_field("deeplabv3plus", SEGMENTER_FAMILIES)  # which network draws the maps
+    checkpoint: str | None = path_field("checkpoints/best_deeplabv3plus_resnet101_voc_os16.pth")  # DeepLabV3+
+    model: str | None = path_field(None)  # transformers family: hub id or folder, e.g. openmmlab/upernet-convnext-small
+    inference_size: int | None = None  # short side the network runs at (logits resized back); null: DeepLabV3+
+    # at each image's own size, a transformers model at its processor's size
     encoder_name: str = "resnet101"  # any segmentation-models-pytorch encoder name
     output_stride: int = choice_field(16, (16, 8))  # 16: the checkpoint's own; 8: denser, slower
     num_classes: int = 21  # PASCAL VOC: background + 20 object classes

@@ -28,6 +28,8 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 from models.config import SegmentationConfig
+from models.encode.scaling import group_by_shape, inference_shape, labels_from_logits, resize_image
+from models.palettes import NUM_VOC_CLASSES, UINT8, VOC
 from models.weights import WeightsFileError, read_weights_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -90,6 +92,8 @@ class DeepLabV3Plus(nn.Module):
                                             output_stride, aspp_channels, low_level_channels)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.label_set = VOC if num_classes == NUM_VOC_CLASSES else UINT8
+        self.inference_size: int | None = None  # short side at which it runs; None: each image's own size
 
     @classmethod
     def from_config(cls, config: SegmentationConfig) -> "DeepLabV3Plus":
@@ -113,28 +117,22 @@ class DeepLabV3Plus(nn.Module):
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Label maps (H, W) uint8 for RGB uint8 images (H, W, 3), each at its own size.
 
-        Images that share a size run as one batch; each is computed at its exact size, as the
-        original network did, so a label map never depends on what else is in the batch.
+        Each image runs at its exact size, as the original network did, or at the bounded
+        ``inference_size`` (``models.encode.scaling``); images of equal network size share a
+        batch without padding, so a label map never depends on what else is in the batch.
         """
-        device = self.mean.device
-        dtype = next(self.parameters()).dtype
+        for image in images:
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+        device, dtype = self.mean.device, next(self.parameters()).dtype
+        shapes = [inference_shape(*image.shape[:2], self.inference_size) for image in images]
         label_maps: list[np.ndarray | None] = [None] * len(images)
-        for indices in _group_by_size(images):
-            batch = torch.from_numpy(np.stack([images[i] for i in indices])).to(device)
-            logits = self(self.normalize(batch).to(dtype))
-            labels = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()  # (B, H, W)
-            for index, label_map in zip(indices, labels):
-                label_maps[index] = label_map
+        for indices in group_by_shape(shapes):
+            batch = np.stack([resize_image(images[i], shapes[indices[0]]) for i in indices])
+            logits = self(self.normalize(torch.from_numpy(batch).to(device)).to(dtype))  # (B, C, h, w)
+            for index, image_logits in zip(indices, logits):
+                label_maps[index] = labels_from_logits(image_logits, *images[index].shape[:2])
         return label_maps  # type: ignore[return-value]
-
-
-def _group_by_size(images: list[np.ndarray]) -> list[list[int]]:
-    groups: dict[tuple[int, int], list[int]] = {}
-    for index, image in enumerate(images):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-        groups.setdefault(image.shape[:2], []).append(index)
-    return list(groups.values())
 
 
 # --- checkpoints --------------------------------------------------------------------------------
@@ -203,8 +201,23 @@ def save_checkpoint(model: DeepLabV3Plus, config: SegmentationConfig, path: str 
 
 
 def load_segmenter(config: SegmentationConfig, device: str | torch.device = "cpu",
-                   dtype: torch.dtype = torch.float32) -> DeepLabV3Plus:
-    """The configured network with the checkpoint's weights, in eval mode on ``device``."""
+                   dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The configured label-map network in eval mode on ``device``: DeepLabV3+ with its checkpoint,
+    or a transformers model (``segmentation.family``); either has ``predict`` and ``label_set``."""
+    if config.family == "transformers":
+        from models.encode.transformers_segmenter import TransformersSegmenter
+
+        try:
+            return TransformersSegmenter.from_config(config, device, dtype)
+        except (OSError, ValueError) as error:
+            raise CheckpointError(str(error)) from None
+    model = load_deeplab(config)
+    model.inference_size = config.inference_size
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load_deeplab(config: SegmentationConfig) -> DeepLabV3Plus:
+    """DeepLabV3+ as configured, with the checkpoint's weights."""
     if config.checkpoint is None:
         raise CheckpointError("segmentation.checkpoint is not set (pass --segmentation_ckpt)")
     state_dict = load_state_dict(config.checkpoint, allow_pickle=config.allow_pickle)
@@ -218,4 +231,4 @@ def load_segmenter(config: SegmentationConfig, device: str | torch.device = "cpu
             f"(aspp_channels={config.aspp_channels}, low_level_channels={config.low_level_channels}): "
             f"{str(error).splitlines()[1] if len(str(error).splitlines()) > 1 else error}"
         ) from None
-    return model.to(device=device, dtype=dtype).eval()
+    return model

@@ -6,6 +6,8 @@ with no network:
 - ``D/segmentation/deeplabv3plus_resnet18_tiny.pth``: a DeepLabV3+ checkpoint in the original
   project's format (a dict with ``model_state`` holding ``backbone.*``/``classifier.*`` and a
   numpy ``best_score``), narrow head on a ResNet-18;
+- ``D/scene-parser/``: a SegFormer with ADE20K's 150 classes and its image processor
+  (``save_pretrained``), the transformers family of segmenters;
 - ``D/blip/``: a BLIP captioner (``save_pretrained``: config, safetensors, BERT tokenizer,
   image processor);
 - ``D/stable-diffusion/``: an SD1.5-style diffusers folder (UNet, VAE, CLIP text encoder and
@@ -15,7 +17,8 @@ with no network:
 - ``D/stable-diffusion-single-file.safetensors``: the same SD weights as one file in the
   original CompVis layout (``model.diffusion_model.*``, ``first_stage_model.*``,
   ``cond_stage_model.transformer.*``), for the single-file loader;
-- ``D/config.yaml``: a config that points every script at them.
+- ``D/config.yaml``: a config that points every script at them (segmenter: DeepLabV3+, VOC maps;
+  ``segmenter="transformers"``: the SegFormer, ADE20K maps, decoded in ADE20K colours).
 
 Everything is loaded back through the same code paths as the real models.
 """
@@ -28,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.config import Config, SegmentationConfig, save_config
+from models.config import SEGMENTER_FAMILIES, Config, SegmentationConfig, save_config
 from models.decode.stable_diffusion import write_word_tokenizer
-from models.palettes import VOC_CLASSES
+from models.palettes import ADE20K_CLASSES, VOC_CLASSES
 
 # Words of the tiny tokenizers (BLIP's and CLIP's), so that random captions are at least made of words.
 VOCABULARY_WORDS = sorted(set(VOC_CLASSES) | {
@@ -67,6 +70,21 @@ def build_segmentation(output_dir: Path) -> Path:
     }
     torch.save(checkpoint, path)
     return path
+
+
+def build_scene_parser(output_dir: Path) -> Path:
+    """A SegFormer with ADE20K's 150 classes (names in ``id2label``) and its image processor."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    folder = output_dir / "scene-parser"
+    config = SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
+                             num_attention_heads=[1, 2], strides=[4, 2], patch_sizes=[7, 3],
+                             decoder_hidden_size=16, num_labels=len(ADE20K_CLASSES),
+                             id2label=dict(enumerate(ADE20K_CLASSES)),
+                             label2id={name: index for index, name in enumerate(ADE20K_CLASSES)})
+    SegformerForSemanticSegmentation(config).save_pretrained(folder)
+    SegformerImageProcessor(size={"height": RESOLUTION, "width": RESOLUTION}).save_pretrained(folder)
+    return folder
 
 
 def build_blip(output_dir: Path) -> Path:
@@ -179,14 +197,20 @@ def build_single_file_checkpoint(sd_dir: Path, path: Path) -> Path:
     return path
 
 
-def build_tiny_components(output_dir: str | Path, seed: int = 0) -> Path:
-    """Write every tiny component and ``config.yaml`` under ``output_dir``; return the config path."""
+def build_tiny_components(output_dir: str | Path, seed: int = 0, segmenter: str = "deeplabv3plus") -> Path:
+    """Write every tiny component and ``config.yaml`` under ``output_dir``; return the config path.
+    ``segmenter`` picks the encoder family the config uses (and so VOC or ADE20K maps)."""
+    if segmenter not in SEGMENTER_FAMILIES:
+        raise ValueError(f"unknown segmenter {segmenter!r}; choose one of {SEGMENTER_FAMILIES}")
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     config = Config()
     config.segmentation = SegmentationConfig(**{
         **vars(SEGMENTATION_TINY), "checkpoint": str(build_segmentation(output_dir))})
+    config.segmentation.model = str(build_scene_parser(output_dir))
+    if segmenter == "transformers":
+        config.segmentation.family, config.diffusion.palette = "transformers", "ade20k"
     config.captioning.model = str(build_blip(output_dir))
     config.captioning.max_length = 12
     sd_dir, controlnet_dir = build_stable_diffusion(output_dir)
