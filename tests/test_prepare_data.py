@@ -1,4 +1,4 @@
-"""python -m models.train.prepare_data: VOC 2012 trees and plain folders into the training layout."""
+"""python -m models.train.prepare_data: VOC 2012 and ADE20K trees and plain folders into the training layout."""
 
 import contextlib
 import errno
@@ -16,12 +16,14 @@ import pytest
 from PIL import Image
 
 import process_input
-from models.palettes import VOC_PALETTE, VOID_LABEL
+from models.layout import LABEL_SET_FILE
+from models.palettes import ADE20K, VOC_PALETTE, VOID_LABEL
 from models.train import prepare_data
-from tests.conftest import REPO, VOC_IMAGES, VOC_MASKS
+from tests.conftest import DATA, REPO, VOC_IMAGES, VOC_MASKS
 
 VOC_IDS = sorted(path.stem for path in VOC_IMAGES.glob("*.jpg"))
 TRAIN_IDS, VAL_IDS = VOC_IDS[:6], VOC_IDS[6:10]
+ADE_SAMPLES = DATA / "ade-samples"
 
 
 def make_voc_tree(root: Path, train_ids: list[str], val_ids: list[str]) -> Path:
@@ -86,8 +88,15 @@ def test_images_are_hard_links_of_the_sources(voc_gt):
         assert os.path.samefile(path, devkit / "VOC2012" / "JPEGImages" / path.name)
 
 
+def label_set_names(data: Path) -> dict[str, str]:
+    """The label set each split's label-map folder says it holds."""
+    return {split: json.loads((data / "segmented_images" / split / LABEL_SET_FILE).read_text())["name"]
+            for split in prepare_data.SPLITS}
+
+
 def test_ground_truth_label_maps_are_the_masks_with_void_as_background(voc_gt):
     _, data, _, _ = voc_gt
+    assert label_set_names(data) == {split: "voc" for split in prepare_data.SPLITS}
     void_seen = 0
     for image in (data / "original_images").rglob("*.jpg"):
         split = image.parent.name
@@ -261,7 +270,8 @@ def test_an_image_already_in_another_split_is_a_conflict(tmp_path):
 
 def test_an_id_in_both_voc_lists_goes_to_test_only(tmp_path):
     devkit = make_voc_tree(tmp_path, VOC_IDS[:4], VOC_IDS[3:5])
-    plan = prepare_data.voc_plan(prepare_data.find_voc_root(devkit), 0.25, seed=0, with_masks=True)
+    plan = prepare_data.labelled_plan(prepare_data.VOC_SOURCE, prepare_data.find_voc_root(devkit), 0.25,
+                                      seed=0, with_masks=True)
     splits = {item.relpath: item.split for item in plan.items}
     assert len(plan.items) == 5 and splits[f"{VOC_IDS[3]}.jpg"] == "test"
     assert sorted(splits.values()) == ["test", "test", "train", "train", "val"]
@@ -291,3 +301,145 @@ def test_ground_truth_needs_voc_and_a_folder_needs_images(tiny_config, tmp_path,
     assert run(*common, "--split_fractions", 0.5, 0.3, 0.3)[0] == 2
     assert "sum to 1" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
+
+
+def ade_annotations() -> dict[str, np.ndarray]:
+    """Annotations by "part/stem": the two real ones, and variants of them that reach class 150."""
+    train, val = (np.array(Image.open(ADE_SAMPLES / "annotations" / f"{stem}.png"))
+                  for stem in ("ADE_train_00000970", "ADE_val_00000001"))
+    last_class = np.fliplr(train).copy()
+    last_class[:16, :16] = 150  # the last class must survive as it is
+    return {"training/ADE_train_00000970": train, "training/ADE_train_00000971": np.flipud(val),
+            "training/ADE_train_00000972": last_class, "training/ADE_train_00000973": np.flipud(train),
+            "validation/ADE_val_00000001": val}
+
+
+def make_ade_tree(root: Path, annotations: dict[str, np.ndarray]) -> Path:
+    """An ADEChallengeData2016 tree under ``root``: a JPEG and an 8-bit gray annotation per entry
+    (the real photo for ADE_val_00000001, solid colours for the rest); returns the tree."""
+    ade = root / "ADEChallengeData2016"
+    for index, (name, annotation) in enumerate(sorted(annotations.items())):
+        part, stem = name.split("/")
+        for folder in ("images", "annotations"):
+            (ade / folder / part).mkdir(parents=True, exist_ok=True)
+        photo = ADE_SAMPLES / "images" / f"{stem}.jpg"
+        if photo.exists():
+            shutil.copy(photo, ade / "images" / part)
+        else:
+            Image.new("RGB", annotation.shape[::-1], (50 * index, 120, 200)).save(ade / "images" / part / f"{stem}.jpg")
+        Image.fromarray(annotation).save(ade / "annotations" / part / f"{stem}.png")
+    (ade / "sceneCategories.txt").write_text("ADE_val_00000001 bathroom\n")  # not an image: ignored
+    return ade
+
+
+@pytest.fixture(scope="module")
+def ade_gt(tiny_config, tmp_path_factory):
+    """An ADEChallengeData2016 tree (given by its parent) prepared once with its annotations."""
+    root = tmp_path_factory.mktemp("ade")
+    ade = make_ade_tree(root, ade_annotations())
+    before = snapshot(ade)
+    status, output = run("--ade_root", root, "--data_root", root / "data", "--config_path", tiny_config,
+                         "--val_fraction", 0.25, "--device", "cpu")
+    assert status == 0
+    return ade, root / "data", before, output
+
+
+def test_ade_splits_are_training_less_val_and_validation_as_test(ade_gt):
+    ade, data, _, output = ade_gt
+    images = {split: names(data / "original_images" / split) for split in prepare_data.SPLITS}
+    assert sorted(images["train"] + images["val"]) == names(ade / "images" / "training")
+    assert len(images["val"]) == 1 and images["test"] == ["ADE_val_00000001.jpg"]
+    for path in (data / "original_images").rglob("*.jpg"):
+        assert os.path.samefile(path, ade / "images" / ("validation" if path.parent.name == "test" else "training")
+                                / path.name)
+    assert "train: images 3 (this run: linked 3, label maps 3, captions 3)" in output
+    assert "test: images 1 (this run: linked 1, label maps 1, captions 1)" in output
+    settings = json.loads((data / prepare_data.MANIFEST_FILE).read_text())
+    assert settings["source"] == "ade20k" and settings["source_dir"] == str(ade.resolve())
+    assert "void" not in settings  # ADE20K has none to map
+
+
+def test_ade_label_maps_are_the_annotations_exactly_in_ade20k_colours(ade_gt):
+    _, data, _, _ = ade_gt
+    annotations = {name.split("/")[1]: annotation for name, annotation in ade_annotations().items()}
+    values = set()
+    for image in (data / "original_images").rglob("*.jpg"):
+        label_map = Image.open(data / "segmented_images" / image.parent.name / f"{image.stem}.png")
+        assert label_map.mode == "P"
+        assert np.array_equal(np.array(label_map.getpalette()).reshape(-1, 3), ADE20K.colors)
+        assert np.array_equal(np.array(label_map), annotations[image.stem])
+        values |= set(np.unique(np.array(label_map)).tolist())
+    assert {0, 1, 150} <= values  # "other", wall and the last class, all kept as they are
+    assert label_set_names(data) == {split: "ade20k" for split in prepare_data.SPLITS}
+
+
+def test_ade_captions_are_written_and_a_rerun_does_nothing(ade_gt, tiny_config, monkeypatch):
+    ade, data, source_before, _ = ade_gt
+    for split in prepare_data.SPLITS:
+        captions = json.loads((data / "segmented_images" / split / "prompts.json").read_text())
+        assert sorted(captions) == names(data / "original_images" / split)
+        assert all(isinstance(caption, str) and caption for caption in captions.values())
+    layout_before = snapshot(data)
+
+    def no_captioner(*args, **kwargs):
+        raise AssertionError("BLIP was loaded although every caption exists")
+
+    monkeypatch.setattr(prepare_data.BlipCaptioner, "from_config", no_captioner)
+    status, output = run("--ade_root", ade, "--data_root", data, "--config_path", tiny_config,
+                         "--val_fraction", 0.25, "--device", "cpu")  # the tree itself this time
+    assert status == 0
+    assert "train: images 3 (this run: linked 0, label maps 0, captions 0)" in output
+    assert snapshot(data) == layout_before
+    assert snapshot(ade) == source_before
+
+
+def test_bad_ade_annotations_are_listed_and_the_rest_prepared(tiny_config, tmp_path, capsys):
+    annotations = ade_annotations()
+    annotations["training/ADE_train_00000972"][0, 0] = 151  # no such class
+    ade = make_ade_tree(tmp_path, annotations)
+    Image.new("L", (7, 5)).save(ade / "annotations" / "training" / "ADE_train_00000971.png")
+    (ade / "annotations" / "training" / "ADE_train_00000973.png").unlink()
+    status, output = run("--ade_root", ade, "--data_root", tmp_path / "data", "--config_path", tiny_config,
+                         "--val_fraction", 0, "--device", "cpu")
+    assert status == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3
+    assert any("ADE_train_00000971.png: mask is 7x5, its image 683x512" in line for line in errors)
+    assert any("ADE_train_00000972.png: class ids 151 outside 0..150 of the ade20k label set" in line
+               for line in errors)
+    assert any("ADE_train_00000973.png: ground-truth mask not found" in line for line in errors)
+    assert names(tmp_path / "data" / "original_images") == ["test/ADE_val_00000001.jpg",
+                                                            "train/ADE_train_00000970.jpg"]
+    assert "train: images 1 (this run: linked 1, label maps 1, captions 1)" in output
+    assert "failed 3" in output
+
+
+def test_ade_flags_are_checked_before_anything_is_written(tiny_config, tmp_path, capsys):
+    ade = make_ade_tree(tmp_path, {"training/ADE_train_00000001": np.zeros((8, 8), dtype=np.uint8),
+                                   "validation/ADE_val_00000002": np.zeros((8, 8), dtype=np.uint8)})
+    common = ["--data_root", tmp_path / "data", "--config_path", tiny_config]
+    assert run("--ade_root", ade, *common, "--void", "keep")[0] == 2
+    assert "--void applies to --voc_root only" in capsys.readouterr().err
+    assert run("--ade_root", tmp_path / "images", *common)[0] == 2
+    assert "no images/training/ and images/validation/ found" in capsys.readouterr().err
+    assert run("--ade_root", ade, "--data_root", ade / "data", "--config_path", tiny_config)[0] == 2
+    assert "is inside the source" in capsys.readouterr().err
+    shutil.rmtree(ade / "annotations")
+    assert run("--ade_root", ade, *common)[0] == 2
+    assert "use --label_source predicted" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists() and not (ade / "data").exists()
+
+
+def test_ade_predicted_label_maps_need_no_annotations(tiny_config, tmp_path):
+    ade = make_ade_tree(tmp_path, {"training/ADE_train_00000001": np.zeros((48, 64), dtype=np.uint8),
+                                   "validation/ADE_val_00000002": np.zeros((40, 56), dtype=np.uint8)})
+    shutil.rmtree(ade / "annotations")
+    data = tmp_path / "data"
+    status, output = run("--ade_root", ade, "--data_root", data, "--config_path", tiny_config,
+                         "--label_source", "predicted", "--val_fraction", 0, "--device", "cpu")
+    assert status == 0
+    assert "test: images 1 (this run: linked 1, label maps 1, captions 1)" in output
+    for split, stem, size in (("train", "ADE_train_00000001", (64, 48)), ("test", "ADE_val_00000002", (56, 40))):
+        assert Image.open(data / "segmented_images" / split / f"{stem}.png").size == size
+        assert json.loads((data / "segmented_images" / split / LABEL_SET_FILE).read_text())["name"] == "voc"
+    assert json.loads((data / prepare_data.MANIFEST_FILE).read_text())["label_source"] == "predicted"

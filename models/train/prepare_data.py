@@ -1,13 +1,15 @@
-"""Build the training layout from PASCAL VOC 2012 or a plain folder of images.
+"""Build the training layout from PASCAL VOC 2012, ADE20K (ADEChallengeData2016) or a plain folder of images.
 
     python -m models.train.prepare_data --voc_root VOCdevkit/VOC2012 [--label_source gt|predicted]
+    python -m models.train.prepare_data --ade_root ADEChallengeData2016 [--label_source gt|predicted]
     python -m models.train.prepare_data --image_dir my_photos --split_fractions 0.8 0.1 0.1 --seed 0
 
 Writes, under --data_root (default data/):
 
 - ``original_images/{train,val,test}/<relative path>``: the images, hard-linked (falling back to
   a copy across file systems), symbolically linked or copied; never moved;
-- ``segmented_images/{split}/<relative path>.png``: label maps as palette PNGs (pixel = VOC id);
+- ``segmented_images/{split}/<relative path>.png``: label maps as palette PNGs (pixel = class id);
+- ``segmented_images/{split}/label_set.json``: what the ids mean (``voc`` or ``ade20k``);
 - ``segmented_images/{split}/prompts.json``: ``{path relative to original_images/{split}: caption}``,
   the same files ``process_input.py`` writes for each split folder;
 - ``prepare_data.json``: the settings that decided the content, so that a re-run with other
@@ -15,7 +17,8 @@ Writes, under --data_root (default data/):
 
 VOC splits: ``train`` is ImageSets/Segmentation/train.txt minus a seeded ``--val_fraction`` of
 it, which becomes ``val``; ``test`` is the official val.txt, because the VOC test annotations are
-not public. A plain folder is split at random (seeded) by ``--split_fractions``.
+not public. ADE20K alike: images/training less the ``val`` share, and images/validation as
+``test``. A plain folder is split at random (seeded) by ``--split_fractions``.
 
 Re-running does nothing that is already done. Missing or unreadable files are reported one line
 each, the rest is prepared, and the exit status is then 1.
@@ -29,6 +32,7 @@ import filecmp
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,15 +49,16 @@ from models.encode.job import (ImageFiles, caption_records, label_map_path, merg
 from models.encode.segmentation import CheckpointError
 from models.imageio import (ImageReadError, InputFile, atomic_path, atomic_save_image, atomic_write_json, is_image_name,
                             read_json, read_label_map, read_rgb, walk_files)
-from models.layout import IMAGES_FOLDER, LABEL_MAPS_FOLDER, PROMPTS_FILE, SPLITS, split_folders, write_prompts
-from models.palettes import NUM_VOC_CLASSES, VOID_LABEL, label_map_to_pil
+from models.layout import (IMAGES_FOLDER, LABEL_MAPS_FOLDER, LABEL_SET_FILE, PROMPTS_FILE, SPLITS, split_folders,
+                           write_label_set, write_prompts)
+from models.palettes import ADE20K, VOC, LabelSet, label_map_to_pil
 from models.runtime import DeviceSpec, is_global_zero, network_dtype, resolve_devices
 
 MANIFEST_FILE = "prepare_data.json"
 LINK_MODES = ("hard", "symbolic", "copy")
 # Errors of os.link that mean "this file system cannot hard-link here", not "bad input".
 NO_HARD_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
-VOID_CHOICES = {"background": 0, "keep": VOID_LABEL}  # what void (255) pixels become
+VOID_CHOICES = ("background", "keep")  # what the void pixels (255) of VOC ground truth become
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ class SourceItem:
     split: str
     relpath: str  # path under original_images/{split}/, "/" separators
     image: Path  # the source image
-    mask: Path | None = None  # its ground-truth class map (VOC only)
+    mask: Path | None = None  # its ground-truth label map (labelled sources, label_source gt)
 
 
 @dataclass
@@ -129,24 +134,79 @@ def read_id_list(path: Path) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def voc_plan(voc_root: Path, val_fraction: float, seed: int, with_masks: bool) -> SourcePlan:
-    """train.txt less a seeded val share as train/val, the official val.txt as test."""
+Pairs = dict[str, tuple[Path, Path]]  # image id -> (image, its ground-truth label map)
+
+
+def voc_pairs(voc_root: Path) -> tuple[Pairs, Pairs]:
+    """The images of train.txt (to train on) and of val.txt (held out), with their masks."""
     lists = voc_root / "ImageSets" / "Segmentation"
-    train_ids, test_ids = read_id_list(lists / "train.txt"), read_id_list(lists / "val.txt")
+    return tuple({image_id: (voc_root / "JPEGImages" / f"{image_id}.jpg",
+                             voc_root / "SegmentationClass" / f"{image_id}.png")
+                  for image_id in read_id_list(lists / name)} for name in ("train.txt", "val.txt"))
+
+
+def find_ade_root(path: Path) -> Path:
+    """The ADEChallengeData2016 folder at, or under, ``path``."""
+    for candidate in (path, path / "ADEChallengeData2016"):
+        if all((candidate / "images" / part).is_dir() for part in ("training", "validation")):
+            return candidate
+    raise ValueError(f"--ade_root {path}: no images/training/ and images/validation/ found there, "
+                     f"nor under ADEChallengeData2016/")
+
+
+def ade_pairs(ade_root: Path) -> tuple[Pairs, Pairs]:
+    """The images of images/training (to train on) and images/validation (held out), with the
+    annotation of the same stem."""
+    return tuple({image.stem: (image, ade_root / "annotations" / part / f"{image.stem}.png")
+                  for image in sorted((ade_root / "images" / part).glob("*.jpg"))}
+                 for part in ("training", "validation"))
+
+
+@dataclass(frozen=True)
+class LabelledSource:
+    """A data set with ground-truth label maps and an official held-out part."""
+
+    name: str  # "source" in prepare_data.json
+    option: str  # its command-line flag, without the dashes
+    label_set: LabelSet  # what the values of its ground-truth maps mean
+    find_root: Callable[[Path], Path]  # the data set's folder at or under a path; ValueError if none
+    pairs: Callable[[Path], tuple[Pairs, Pairs]]  # (to train on, held out) of a root
+    parts: tuple[str, str]  # the names of those two parts, for messages
+
+
+VOC_SOURCE = LabelledSource("voc", "voc_root", VOC, find_voc_root, voc_pairs, ("train.txt", "val.txt"))
+ADE_SOURCE = LabelledSource("ade20k", "ade_root", ADE20K, find_ade_root, ade_pairs,
+                            ("images/training", "images/validation"))
+LABELLED_SOURCES = (VOC_SOURCE, ADE_SOURCE)
+
+
+def labelled_plan(source: LabelledSource, root: Path, val_fraction: float, seed: int,
+                  with_masks: bool) -> SourcePlan:
+    """The part to train on less a seeded val share as train/val, the held-out part as test."""
+    to_train, held_out = source.pairs(root)
     plan = SourcePlan()
-    both = set(train_ids) & set(test_ids)
+    both = set(to_train) & set(held_out)
     if both:  # a held-out image must never be trained on
-        plan.warnings.append(f"{len(both)} ids are in both train.txt and val.txt (e.g. "
-                             f"{min(both)}); they go to test only")
-    splits = assign_splits([i for i in train_ids if i not in both],
-                           (1 - val_fraction, val_fraction, 0.0), seed)
-    splits["test"] = sorted(test_ids)
+        plan.warnings.append(f"{len(both)} ids are in both {source.parts[0]} and {source.parts[1]} "
+                             f"(e.g. {min(both)}); they go to test only")
+    splits = assign_splits([i for i in to_train if i not in both], (1 - val_fraction, val_fraction, 0.0), seed)
+    splits["test"] = sorted(held_out)
     for split in SPLITS:
+        pairs = held_out if split == "test" else to_train
         for image_id in splits[split]:
-            image = voc_root / "JPEGImages" / f"{image_id}.jpg"
-            mask = voc_root / "SegmentationClass" / f"{image_id}.png" if with_masks else None
-            plan.items.append(SourceItem(split, image.name, image, mask))
+            image, mask = pairs[image_id]
+            plan.items.append(SourceItem(split, image.name, image, mask if with_masks else None))
+    if with_masks:
+        check_mask_folders(source, plan.items)
     return plan
+
+
+def check_mask_folders(source: LabelledSource, items: list[SourceItem]) -> None:
+    """Refuse ground truth from a tree without its annotation folders (not one error per image)."""
+    for folder in sorted({item.mask.parent for item in items}):
+        if not folder.is_dir():
+            raise ValueError(f"{folder} not found: the {source.name} ground truth is read from there; "
+                             f"use --label_source predicted to predict the label maps instead")
 
 
 def folder_plan(image_dir: Path, fractions: tuple[float, float, float], seed: int) -> SourcePlan:
@@ -194,16 +254,16 @@ def link_file(source: Path, target: Path, mode: str) -> str:
     return "copy"
 
 
-def read_class_map(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """A VOC ground-truth class map (ids 0..20, 255 void) of the given (width, height)."""
+def read_ground_truth(path: Path, size: tuple[int, int], label_set: LabelSet) -> np.ndarray:
+    """A ground-truth label map of ``label_set`` (its classes, or its void) of the given (width, height)."""
     label_map = read_label_map(path, max_pixels=None, what="ground-truth mask")
     if label_map.shape != (size[1], size[0]):
         raise ImageReadError(path, f"mask is {label_map.shape[1]}x{label_map.shape[0]}, "
                                    f"its image {size[0]}x{size[1]}")
-    bad = (label_map >= NUM_VOC_CLASSES) & (label_map != VOID_LABEL)
-    if bad.any():
-        raise ImageReadError(path, f"class id {int(label_map[bad][0])} is neither a VOC class "
-                                   f"(0..{NUM_VOC_CLASSES - 1}) nor void ({VOID_LABEL})")
+    try:
+        label_set.check(label_map)
+    except ValueError as error:
+        raise ImageReadError(path, str(error)) from None
     return label_map
 
 
@@ -211,11 +271,13 @@ class Preparer:
     """Places source images into the layout and writes ground-truth label maps."""
 
     def __init__(self, data_root: Path, link_mode: str, max_pixels: int | None,
-                 void: str | None = None):
+                 label_set: LabelSet | None = None, void: str = "background"):
         self.data_root = data_root
         self.link_mode = link_mode
         self.max_pixels = max_pixels
-        self.void = void  # None: label maps are predicted later, not taken from masks
+        self.label_set = label_set  # of the ground truth; None: label maps are predicted later
+        self.void = void  # what void pixels of the ground truth become (VOID_CHOICES)
+        self.recorded: set[str] = set()  # splits whose label_set.json is checked
         self.counts = {split: SplitCounts() for split in SPLITS}
         self.failures: dict[str, str] = {}
         self.copied_instead = False  # hard links were impossible for at least one file
@@ -231,6 +293,13 @@ class Preparer:
     def map_path(self, item: SourceItem) -> Path:
         return label_map_path(self.folders(item.split)[1], item.relpath)
 
+    def record_label_set(self, split: str) -> None:
+        """Write the split's ``label_set.json`` (before its first map) unless it already says so."""
+        folder = self.folders(split)[1]
+        if split not in self.recorded and read_json(folder / LABEL_SET_FILE) != self.label_set.to_dict():
+            write_label_set(folder, self.label_set)
+        self.recorded.add(split)
+
     def fail(self, split: str, relpath: str, reason: str) -> None:
         """Record a failure of a file in the layout under the name of its source file."""
         layout_path = self.folders(split)[0] / relpath
@@ -245,13 +314,15 @@ class Preparer:
             if present and not same_file(item.image, target):
                 raise LinkError(f"{target} exists and is not this file; remove it or use "
                                 f"another --data_root")
-            needs_map = self.void is not None and not self.map_path(item).exists()
+            needs_map = self.label_set is not None and not self.map_path(item).exists()
             label_map = self.check(item) if not present or needs_map else None
             if not present:
                 self.copied_instead |= link_file(item.image, target, self.link_mode) != self.link_mode
                 counts.linked += 1
+            if self.label_set is not None:
+                self.record_label_set(item.split)
             if needs_map:
-                atomic_save_image(label_map_to_pil(label_map), self.map_path(item))
+                atomic_save_image(label_map_to_pil(label_map, self.label_set), self.map_path(item))
                 counts.label_maps += 1
         except ImageReadError as error:
             self.failures[error.path] = error.reason
@@ -265,10 +336,11 @@ class Preparer:
     def check(self, item: SourceItem) -> np.ndarray | None:
         """Decode the image (so broken files never enter the layout); its label map with masks."""
         size = read_rgb(item.image, self.max_pixels).size
-        if self.void is None:
+        if self.label_set is None:
             return None
-        label_map = read_class_map(item.mask, size)
-        label_map[label_map == VOID_LABEL] = VOID_CHOICES[self.void]
+        label_map = read_ground_truth(item.mask, size, self.label_set)
+        if self.label_set.void is not None and self.void == "background":
+            label_map[label_map == self.label_set.void] = 0
         return label_map
 
 
@@ -351,13 +423,28 @@ def encode_predicted(preparer: Preparer, config: Config, devices: DeviceSpec) ->
     return is_global_zero()
 
 
-def source_settings(args: argparse.Namespace, source_dir: Path, label_source: str) -> dict:
+@dataclass(frozen=True)
+class ResolvedSource:
+    """What the source flags chose."""
+
+    kind: LabelledSource | None  # None: a plain folder of images
+    folder: Path  # the source's root, resolved
+    label_source: str  # "gt" or "predicted"
+    plan: SourcePlan
+
+    @property
+    def ground_truth(self) -> LabelSet | None:
+        """The label set of the ground-truth maps the layout gets; None when maps are predicted."""
+        return self.kind.label_set if self.label_source == "gt" else None
+
+
+def source_settings(args: argparse.Namespace, source: ResolvedSource) -> dict:
     """The settings that decide what the layout contains."""
-    settings = {"source": "voc" if args.voc_root else "folder", "source_dir": str(source_dir),
-                "label_source": label_source, "seed": args.seed}
-    if args.voc_root:
+    settings = {"source": source.kind.name if source.kind else "folder", "source_dir": str(source.folder),
+                "label_source": source.label_source, "seed": args.seed}
+    if source.kind:
         settings["val_fraction"] = args.val_fraction
-        if label_source == "gt":
+        if source.ground_truth is not None and source.ground_truth.void is not None:
             settings["void"] = args.void
     else:
         settings["split_fractions"] = list(args.split_fractions)
@@ -396,15 +483,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--voc_root", help="extracted VOC 2012: VOC2012/, VOCdevkit/ or its parent")
+    source.add_argument("--ade_root", help="extracted ADE20K scene parsing: ADEChallengeData2016/ or its parent")
     source.add_argument("--image_dir", help="a plain folder of images (searched recursively)")
     parser.add_argument("--data_root", default="data", help="where the layout is built")
     parser.add_argument("--label_source", choices=("auto", "gt", "predicted"), default="auto",
-                        help="label maps from VOC's ground truth or predicted by the encoder; "
-                             "auto: gt for --voc_root, predicted for --image_dir")
-    parser.add_argument("--void", choices=tuple(VOID_CHOICES), default="background",
-                        help="ground truth: void/boundary pixels (255) become background (0) or stay 255")
+                        help="label maps from the data set's ground truth or predicted by the encoder; "
+                             "auto: gt for --voc_root and --ade_root, predicted for --image_dir")
+    parser.add_argument("--void", choices=VOID_CHOICES, default="background",
+                        help="VOC ground truth: void/boundary pixels (255) become background (0) or stay "
+                             "255; ADE20K has no void (keep is refused there)")
     parser.add_argument("--val_fraction", type=float, default=0.1,
-                        help="VOC: share of train.txt held out as val (test is VOC's val.txt)")
+                        help="VOC, ADE20K: share of train.txt or images/training held out as val (test is "
+                             "VOC's val.txt or ADE20K's images/validation)")
     parser.add_argument("--split_fractions", type=float, nargs=3, default=[0.8, 0.1, 0.1],
                         metavar=("TRAIN", "VAL", "TEST"), help="plain folder: split fractions")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
@@ -414,23 +504,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def resolve_source(args: argparse.Namespace) -> tuple[Path, str, SourcePlan]:
-    """The source folder, the label source and the split plan; bad flags raise ValueError."""
-    label_source = args.label_source
-    if args.voc_root:
-        if not 0 <= args.val_fraction < 1:
-            raise ValueError(f"--val_fraction must be in [0, 1), got {args.val_fraction}")
-        label_source = "gt" if label_source == "auto" else label_source
-        source_dir = find_voc_root(Path(args.voc_root)).resolve()
-        return source_dir, label_source, voc_plan(source_dir, args.val_fraction, args.seed,
-                                                  with_masks=label_source == "gt")
-    if label_source == "gt":
-        raise ValueError("--label_source gt needs --voc_root: a plain folder has no ground truth")
+def resolve_source(args: argparse.Namespace) -> ResolvedSource:
+    """The source, where its label maps come from and its split plan; bad flags raise ValueError."""
+    kind = next((source for source in LABELLED_SOURCES if getattr(args, source.option)), None)
+    if kind is not None:
+        return resolve_labelled(kind, args)
+    if args.label_source == "gt":
+        raise ValueError("--label_source gt needs --voc_root or --ade_root: a plain folder has no ground truth")
     source_dir = Path(args.image_dir).resolve()
     if not source_dir.is_dir():
         raise ValueError(f"--image_dir {args.image_dir} is not a folder")
     plan = folder_plan(source_dir, check_fractions(args.split_fractions), args.seed)
-    return source_dir, "predicted", plan
+    return ResolvedSource(None, source_dir, "predicted", plan)
+
+
+def resolve_labelled(source: LabelledSource, args: argparse.Namespace) -> ResolvedSource:
+    """A data set with ground truth (VOC, ADE20K), where its label maps come from and its plan."""
+    if not 0 <= args.val_fraction < 1:
+        raise ValueError(f"--val_fraction must be in [0, 1), got {args.val_fraction}")
+    if source.label_set.void is None and args.void != "background":
+        raise ValueError(f"--void {args.void}: the {source.name} annotations have no void value to keep "
+                         f"(0 means {source.label_set.class_names[0]!r} and stays 0); --void applies to "
+                         f"--voc_root only")
+    label_source = "gt" if args.label_source == "auto" else args.label_source
+    source_dir = source.find_root(Path(getattr(args, source.option))).resolve()
+    plan = labelled_plan(source, source_dir, args.val_fraction, args.seed, with_masks=label_source == "gt")
+    return ResolvedSource(source, source_dir, label_source, plan)
 
 
 def check_data_root(source_dir: Path, data_root: Path) -> None:
@@ -448,24 +547,23 @@ def prepare(args: argparse.Namespace) -> int:
     """Check everything, place the images, make label maps and captions, report."""
     data_root = Path(args.data_root)
     try:
-        source_dir, label_source, plan = resolve_source(args)
-        check_data_root(source_dir, data_root)
-        if not plan.items:
-            raise ValueError(f"found no images to prepare in {source_dir}")
-        settings = source_settings(args, source_dir, label_source)
+        source = resolve_source(args)
+        check_data_root(source.folder, data_root)
+        if not source.plan.items:
+            raise ValueError(f"found no images to prepare in {source.folder}")
+        settings = source_settings(args, source)
         check_manifest(data_root, settings)
         config = config_from_args(args)
         devices = resolve_devices(args)
     except (ValueError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    rank_zero = is_global_zero()
+    rank_zero, plan = is_global_zero(), source.plan
     for warning in plan.warnings if rank_zero else ():
         print(f"warning: {warning}", file=sys.stderr)
     plan.failures.update(find_split_conflicts(plan.items, data_root))
     items = [item for item in plan.items if str(item.image) not in plan.failures]
-    preparer = Preparer(data_root, args.link, config.encode.max_pixels,
-                        args.void if label_source == "gt" else None)
+    preparer = Preparer(data_root, args.link, config.encode.max_pixels, source.ground_truth, args.void)
     placed = [item for item in tqdm(items, desc="images", unit="image", disable=not rank_zero)
               if preparer.place(item)]
     if rank_zero:
@@ -474,7 +572,7 @@ def prepare(args: argparse.Namespace) -> int:
         if preparer.copied_instead:
             print("note: hard links were not possible for some files; they were copied", file=sys.stderr)
     try:
-        if label_source == "gt":
+        if source.ground_truth is not None:
             caption_ground_truth(placed, preparer, config, devices)
         elif not encode_predicted(preparer, config, devices):
             return 0
