@@ -52,6 +52,8 @@ VOC_PALETTE: np.ndarray = voc_colormap()  # (256, 3) uint8; row 255 is the void 
 # colour in enumerate(get_palette("ade")): seg == label gets colour, with the model's labels
 # 0..149, then converts to BGR and back to RGB; so wall is (120, 120, 120). The model card's
 # snippet prepends (0, 0, 0) and indexes it with the same labels, which shifts every class by one.
+# mmseg's palette gives road (6) and skyscraper (48) the same grey (140, 140, 140), so an ADE20K
+# colour image cannot be inverted to ids without mistaking one for the other.
 ADE20K_CLASSES: tuple[str, ...] = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane",
     "grass", "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant",
@@ -132,6 +134,7 @@ class LabelSet:
     class_names: tuple[str, ...]  # value v means class_names[v]
     colors: np.ndarray  # (256, 3) uint8: value -> colour (palette PNGs, palette control images)
     void: int | None = None  # a value outside the classes meaning "not labelled" (VOC: 255)
+    unlabelled: int | None = None  # a class value meaning "no class" (ADE20K's 0, "other"): drawn, not scored
 
     @property
     def num_classes(self) -> int:
@@ -148,8 +151,12 @@ class LabelSet:
 
     def to_dict(self) -> dict:
         """The set as JSON-ready data (the ``label_set.json`` sidecar)."""
-        return {"name": self.name, "classes": list(self.class_names),
-                "colors": self.colors[:self.num_classes].tolist(), "void": self.void}
+        return {"name": self.name, "classes": list(self.class_names), "colors": self.colors[:self.num_classes].tolist()}
+
+    @property
+    def ignored(self) -> tuple[int, ...]:
+        """Values that are no class when maps are compared (void, unlabelled)."""
+        return tuple(value for value in (self.void, self.unlabelled) if value is not None)
 
 
 def _ade20k_colors() -> np.ndarray:
@@ -161,7 +168,7 @@ def _ade20k_colors() -> np.ndarray:
 
 
 VOC = LabelSet("voc", VOC_CLASSES, VOC_PALETTE, void=VOID_LABEL)
-ADE20K = LabelSet("ade20k", ("other",) + ADE20K_CLASSES, _ade20k_colors())
+ADE20K = LabelSet("ade20k", ("other",) + ADE20K_CLASSES, _ade20k_colors(), unlabelled=0)
 UINT8 = LabelSet("uint8", tuple(str(value) for value in range(256)), voc_colormap())
 LABEL_SETS: dict[str, LabelSet] = {label_set.name: label_set for label_set in (VOC, ADE20K, UINT8)}
 LABEL_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")  # a custom set's name, whole (fullmatch)
@@ -175,26 +182,32 @@ def get_label_set(name: str) -> LabelSet:
     return LABEL_SETS[name]
 
 
-def custom_label_set(name: str, class_names: list[str] | tuple[str, ...], colors: list | None = None,
-                     void: int | None = None) -> LabelSet:
-    """A named set of up to 256 classes; colours default to the VOC colour map's (distinct)."""
+def custom_label_set(name: str, class_names: list[str] | tuple[str, ...], colors: list | None = None) -> LabelSet:
+    """A named set of 1 to 256 classes (no void: every value is a class); colours default to the
+    VOC colour map's, which are distinct."""
     if not LABEL_SET_NAME.fullmatch(name) or name in LABEL_SETS:
         raise ValueError(f"a custom label set needs a name of 1-64 letters, digits and . _ + - other than "
                          f"{', '.join(LABEL_SETS)}; got {name!r}")
-    if not 1 <= len(class_names) <= 256 or (void is not None and not len(class_names) <= void <= 255):
-        raise ValueError(f"label set {name!r}: 1 to 256 classes and a void value above them, got "
-                         f"{len(class_names)} classes and void {void}")
+    if not 1 <= len(class_names) <= 256:
+        raise ValueError(f"label set {name!r}: 1 to 256 classes, got {len(class_names)}")
     table = voc_colormap()
     if colors is not None:
         table[:len(colors)] = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
-    return LabelSet(name, tuple(str(c) for c in class_names), table, void)
+    return LabelSet(name, tuple(str(c) for c in class_names), table)
+
+
+def label_set_name(text: str) -> str:
+    """``text`` (e.g. a model's folder name) made a valid custom set name: other characters become
+    "-", at most 64, never a built-in name."""
+    name = re.sub(r"[^A-Za-z0-9._+-]", "-", text)[:64].lstrip("._+-") or "classes"
+    return f"{name[:56]}-classes" if name in LABEL_SETS else name
 
 
 def label_set_from_dict(data: dict) -> LabelSet:
     """The set a ``label_set.json`` describes (built-in names give the built-in set)."""
     if data.get("name") in LABEL_SETS:
         return LABEL_SETS[data["name"]]
-    return custom_label_set(str(data.get("name")), data.get("classes") or [], data.get("colors"), data.get("void"))
+    return custom_label_set(str(data.get("name")), data.get("classes") or [], data.get("colors"))
 
 
 def _voc_in_ade20k_colors() -> np.ndarray:
@@ -208,18 +221,20 @@ def _voc_in_ade20k_colors() -> np.ndarray:
 VOC_IN_ADE20K_COLORS = _voc_in_ade20k_colors()
 
 
-def control_colors(label_set: LabelSet, palette: str) -> np.ndarray:
-    """(256, 3) colours that draw ``label_set`` maps for a ControlNet trained on ``palette`` colours:
-    VOC maps for an ADE20K ControlNet through ``VOC_TO_ADE20K_NAME``; custom and uint8 sets always
-    in their own colours; ADE20K maps only for an ADE20K ControlNet."""
+def control_colors(label_set: LabelSet, palette: str, trained_on: str | None = None) -> np.ndarray:
+    """(256, 3) colours that draw ``label_set`` maps for a ControlNet trained on ``palette`` colours
+    (and on ``trained_on`` maps, when its metadata says): VOC maps for an ADE20K ControlNet
+    through ``VOC_TO_ADE20K_NAME``; other sets in their own colours, for a ControlNet trained on
+    them. ``ValueError`` saying why for a map the ControlNet cannot know."""
     if palette not in PALETTES:
         raise ValueError(f"unknown palette {palette!r}; choose one of {PALETTES}")
-    if label_set.name == "voc" and palette == "ade20k":
+    if label_set.name == "voc" and palette == "ade20k" and trained_on in (None, "voc", "ade20k"):
         return VOC_IN_ADE20K_COLORS
-    if label_set.name in PALETTES and label_set.name != palette:
-        raise ValueError(f"{label_set.name} label maps cannot be drawn for a ControlNet trained on {palette} "
-                         f"colours; use one trained on {label_set.name} maps (for ADE20K: "
-                         f"lllyasviel/sd-controlnet-seg)")
+    known = trained_on or (palette if label_set.name in PALETTES or palette == "ade20k" else label_set.name)
+    if label_set.name != known:
+        raise ValueError(f"{label_set.name} label maps cannot be drawn for a ControlNet trained on {known} maps "
+                         f"({palette} colours); use one trained on {label_set.name} maps"
+                         + (" (for ADE20K: lllyasviel/sd-controlnet-seg)" if label_set.name == "ade20k" else ""))
     return label_set.colors
 
 

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.decode.control import conditioning_channels, control_tensor, resize_label_map
-from models.palettes import ADE20K, ADE20K_PALETTE, VOC, VOC_IN_ADE20K_COLORS, VOC_PALETTE
+from models.decode.control import check_drawable, conditioning_channels, control_tensor, resize_label_map
+from models.palettes import (ADE20K, ADE20K_PALETTE, UINT8, VOC, VOC_IN_ADE20K_COLORS, VOC_PALETTE,
+                             custom_label_set)
 
 
 def test_palette_rendering_is_the_palette_in_zero_one():
@@ -44,3 +45,20 @@ def test_resize_never_blends_class_ids():
     resized = resize_label_map(label_map, 64, 48)
     assert resized.shape == (48, 64)
     assert set(np.unique(resized)) <= {0, 7, 15}
+
+
+def test_a_controlnet_is_only_shown_maps_it_can_know():
+    check_drawable(VOC, "palette", "ade20k")  # the public ADE20K ControlNet, through the class mapping
+    check_drawable(ADE20K, "palette", "ade20k", trained_on="ade20k")
+    with pytest.raises(ValueError, match="trained on voc maps"):
+        check_drawable(ADE20K, "palette", "voc")
+    with pytest.raises(ValueError, match="trained on ade20k maps"):
+        check_drawable(UINT8, "palette", "ade20k")  # uint8 values mean nothing to it
+    cityscapes = custom_label_set("cityscapes", ["road", "sidewalk", "car"])
+    check_drawable(cityscapes, "palette", "voc", trained_on="cityscapes")  # in its own colours
+    with pytest.raises(ValueError, match="trained on cityscapes maps"):
+        check_drawable(VOC, "palette", "voc", trained_on="cityscapes")  # same palette, other classes
+    with pytest.raises(ValueError, match="3 classes, the ControlNet's one-hot control 21"):
+        check_drawable(cityscapes, "onehot", "voc", num_classes=21)
+    with pytest.raises(ValueError, match="trained on voc maps"):
+        check_drawable(custom_label_set("other21", [str(i) for i in range(21)]), "onehot", "voc", 21, "voc")

@@ -140,3 +140,34 @@ def test_the_data_module_gives_each_rank_its_shard_from_the_resume_point(tmp_pat
         draws[rank] = [next(stream)[1] for _ in range(4)]
     assert draws == {0: [24, 26, 28, 30], 1: [25, 27, 29, 31]}
     assert len(module.val_dataset) == 3
+
+
+def test_the_label_set_of_the_training_maps(tmp_path, capsys):
+    from models.layout import write_label_set
+    from models.palettes import ADE20K
+    from models.train.data import training_label_set
+
+    config = Config()
+    _write_pair(tmp_path, "train", "a.png")
+    assert training_label_set(tmp_path, config).name == "voc"  # no sidecar, no val split: VOC maps
+    write_label_set(tmp_path / "segmented_images" / "train", ADE20K)
+    with pytest.raises(DataError, match="diffusion.palette: ade20k"):
+        training_label_set(tmp_path, config)  # ADE20K maps cannot be drawn in VOC colours
+    config.diffusion.palette = "ade20k"
+    assert training_label_set(tmp_path, config).name == "ade20k"
+    _write_pair(tmp_path, "val", "b.png")
+    with pytest.raises(DataError, match="the train maps are ade20k, the val maps voc"):
+        training_label_set(tmp_path, config)
+    (tmp_path / "segmented_images" / "val" / "label_set.json").write_text("{not json")
+    with pytest.raises(DataError, match="val/label_set.json: unreadable"):
+        training_label_set(tmp_path, config)
+    # a map with a value outside its set is skipped with a warning, not drawn as something else
+    (tmp_path / "segmented_images/train/prompts.json").write_text(json.dumps({"a.png": "a dog"}))
+    pairs = index_split(tmp_path, "train").pairs
+    assert len(pairs) == 1
+    options = SampleOptions(resolution=32, palette="voc")
+    bad = tmp_path / "segmented_images" / "train" / "a.png"
+    Image.fromarray(np.full((30, 40), 77, dtype=np.uint8)).save(bad)
+    with pytest.raises(DataError, match="no readable training pair"):
+        LabelMapDataset(pairs, options)[0]
+    assert "class ids 77 outside 0..20" in capsys.readouterr().err

@@ -177,6 +177,7 @@ def test_export_writes_the_ema_controlnet_and_the_unet_overlay(tiny_config, comp
     info = json.loads((exported / "semantic_compression.json").read_text())
     assert info["conditioning"] == "palette" and info["palette"] == "voc" and info["num_classes"] == 21
     assert info["resolution"] == 64 and info["sd_model_path"] == module.config.diffusion.sd_model_path
+    assert info["label_set"] == "voc"  # the training maps' set travels with the weights
     overlay = load_file(exported / "unet_trainable.safetensors")
     assert set(overlay) == {n for n, p in module.unet.named_parameters() if p.requires_grad}
 
@@ -208,3 +209,23 @@ def test_the_fresh_controlnet_depends_only_on_the_seed(tiny_config, components):
     hint = "controlnet_cond_embedding.conv_in.weight"  # initialised at random, not copied from the UNet
     assert all(torch.equal(first[key], again[key]) for key in first)
     assert not torch.equal(first[hint], other[hint])
+
+
+def test_a_controlnet_trained_on_a_named_set_knows_it_and_refuses_other_maps(tiny_config, tmp_path):
+    import numpy as np
+
+    from models.decode.decoder import ControlNetDecoder
+    from models.palettes import VOC, custom_label_set
+
+    cityscapes = custom_label_set("cityscapes", ["road", "sidewalk", "car"])
+    config = load_config(tiny_config, ["diffusion.controlnet_path=null", "diffusion.conditioning=onehot"])
+    module = ControlNetModule(config, load_sd_components(config.diffusion.sd_model_path), cityscapes)
+    assert module.controlnet.config.conditioning_channels == 3  # one per class of the maps, not segmentation.*
+    exported = module.export(tmp_path / "controlnet")
+    info = json.loads((exported / "semantic_compression.json").read_text())
+    assert (info["label_set"], info["num_classes"]) == ("cityscapes", 3)
+    decoder = ControlNetDecoder.from_config(load_config(tiny_config, [f"diffusion.controlnet_path={exported}"]))
+    assert decoder.control_spec.label_set == "cityscapes"
+    decoder.check_code(np.array([[0, 2]], dtype=np.uint8), cityscapes)
+    with pytest.raises(ValueError, match="voc label set has 21 classes"):
+        decoder.check_code(np.array([[0, 2]], dtype=np.uint8), VOC)

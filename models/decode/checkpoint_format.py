@@ -28,6 +28,7 @@ from diffusers import ControlNetModel
 
 from models.config import Config
 from models.imageio import atomic_write_json
+from models.palettes import LabelSet
 from models.weights import WeightsFileError, read_weights_file
 
 FORMAT_VERSION = 1  # of both the training checkpoint's record and the export metadata
@@ -49,17 +50,19 @@ def controlnet_config_dict(controlnet: ControlNetModel) -> dict:
             for key, value in controlnet.config.items() if not key.startswith("_")}
 
 
-def training_record(controlnet: ControlNetModel, config: Config, ema: bool) -> dict:
-    """What a training checkpoint stores under ``TRAINING_KEY``."""
+def training_record(controlnet: ControlNetModel, config: Config, ema: bool, label_set: LabelSet) -> dict:
+    """What a training checkpoint stores under ``TRAINING_KEY`` (``label_set``: of the training maps)."""
     return {"format_version": FORMAT_VERSION, "controlnet_config": controlnet_config_dict(controlnet),
-            "config": config.to_dict(), "ema": ema}
+            "config": config.to_dict(), "ema": ema, "label_set": label_set.name, "num_classes": label_set.num_classes}
 
 
-def control_metadata(config: dict) -> dict:
-    """How a ControlNet trained with ``config`` (as a plain dict) wants its control images."""
+def control_metadata(config: dict, label_set: str | None = None, num_classes: int | None = None) -> dict:
+    """How a ControlNet trained with ``config`` (as a plain dict) on ``label_set`` maps of
+    ``num_classes`` classes wants its control images (older records name no set: the config's
+    class count stands)."""
     diffusion, train = config.get("diffusion", {}), config.get("train", {})
     metadata = {"conditioning": diffusion.get("conditioning"), "palette": diffusion.get("palette"),
-                "num_classes": config.get("segmentation", {}).get("num_classes"),
+                "label_set": label_set, "num_classes": num_classes or config.get("segmentation", {}).get("num_classes"),
                 "resolution": diffusion.get("resolution"), "keep_aspect": train.get("resize_mode", "crop") != "stretch",
                 "sd_model_path": diffusion.get("sd_model_path")}
     return {key: value for key, value in metadata.items() if value is not None}
@@ -75,10 +78,12 @@ class TrainedWeights:
     config: dict  # the project config of the run, plain data
     ema: bool
     global_step: int
+    label_set: str | None = None  # the training maps' label set (None in records older than label sets)
+    num_classes: int | None = None  # its classes
 
     @property
     def metadata(self) -> dict:
-        return {**control_metadata(self.config), "ema": self.ema}
+        return {**control_metadata(self.config, self.label_set, self.num_classes), "ema": self.ema}
 
 
 def read_training_checkpoint(checkpoint: dict, path: str | Path) -> TrainedWeights:
@@ -97,7 +102,8 @@ def read_training_checkpoint(checkpoint: dict, path: str | Path) -> TrainedWeigh
     if not weights:
         raise CheckpointFormatError(f"{path}: training checkpoint without '{prefix}*' weights")
     return TrainedWeights(record["controlnet_config"], weights, _strip(state, UNET_PREFIX), record.get("config", {}),
-                          ema, int(checkpoint.get("global_step", 0)))
+                          ema, int(checkpoint.get("global_step", 0)), record.get("label_set"),
+                          record.get("num_classes"))
 
 
 def _strip(state: dict, prefix: str) -> dict[str, torch.Tensor]:
@@ -116,8 +122,8 @@ def build_controlnet(weights: TrainedWeights, path: str | Path) -> ControlNetMod
 
 def export_metadata(weights: TrainedWeights) -> dict:
     """The content of ``semantic_compression.json``."""
-    return {**control_metadata(weights.config), "format_version": FORMAT_VERSION,
-            "global_step": weights.global_step, "unet_trainable": bool(weights.unet)}
+    return {**control_metadata(weights.config, weights.label_set, weights.num_classes),
+            "format_version": FORMAT_VERSION, "global_step": weights.global_step, "unet_trainable": bool(weights.unet)}
 
 
 def write_export(output_dir: str | Path, weights: TrainedWeights) -> Path:

@@ -30,6 +30,20 @@ def conditioning_channels(mode: str, num_classes: int = 21) -> int:
     return 3 if mode == "palette" else num_classes
 
 
+def check_drawable(label_set: LabelSet, mode: str, palette: str, num_classes: int | None = None,
+                   trained_on: str | None = None) -> None:
+    """``ValueError`` saying why, unless maps of ``label_set`` can be shown to a ControlNet with
+    ``mode`` control: in ``palette`` colours it knows (trained on ``trained_on`` maps, when known),
+    or one-hot with one channel per class (``num_classes``, when the ControlNet exists)."""
+    if mode == "palette":
+        control_colors(label_set, palette, trained_on)
+    elif num_classes is not None and label_set.num_classes != num_classes:
+        raise ValueError(f"the {label_set.name} label set has {label_set.num_classes} classes, the ControlNet's "
+                         f"one-hot control {num_classes}")
+    elif trained_on is not None and label_set.name != trained_on:
+        raise ValueError(f"{label_set.name} label maps cannot be shown to a ControlNet trained on {trained_on} maps")
+
+
 def resize_label_map(label_map: np.ndarray, width: int, height: int) -> np.ndarray:
     """Nearest-neighbour resize of an (H, W) uint8 label map (class ids are never blended)."""
     if label_map.shape == (height, width):

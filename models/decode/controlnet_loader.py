@@ -205,10 +205,11 @@ class ControlSpec:
 
     mode: str  # "palette" (3 colour channels) or "onehot" (one channel per class)
     palette: str  # "voc" or "ade20k" (palette mode)
-    num_classes: int  # valid class ids are 0..num_classes-1, plus 255 (void)
+    num_classes: int  # of the maps it was trained on (one-hot: its control channels)
     value_range: str  # "unit": [0, 1] as diffusers feeds; "signed": [-1, 1] as the original project
     keep_aspect: bool  # False: stretched to a resolution x resolution square (the original project)
     resolution: int  # generation size: the square's side, or the side of a square of equal area
+    label_set: str | None = None  # the label set of its training maps, when its metadata names one
 
 
 def resolve_control_spec(source: ControlNetSource, config: Config) -> tuple[ControlSpec, str]:
@@ -228,7 +229,8 @@ def resolve_control_spec(source: ControlNetSource, config: Config) -> tuple[Cont
     resolution = decode.resolution or meta.get("resolution") or config.diffusion.resolution
     if resolution % 8:
         raise ValueError(f"the generation resolution must be a multiple of 8, got {resolution}")
-    control = ControlSpec(mode, palette, num_classes, value_range, keep_aspect, int(resolution))
+    control = ControlSpec(mode, palette, num_classes, value_range, keep_aspect, int(resolution),
+                          meta.get("label_set"))
     origin = ("the original project's convention" if original_project else
               "a public ADE20K segmentation ControlNet" if source.is_public_ade20k else
               f"the {source.format} checkpoint's settings")

@@ -29,13 +29,13 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from models.config import Config, ConfigError, DecodeConfig
-from models.decode.control import control_tensor, resize_label_map
+from models.decode.control import check_drawable, control_tensor, resize_label_map
 from models.decode.controlnet_loader import (CheckpointFormatError, ControlNetSource, ControlSpec,
                                              check_checkpoint_path, load_controlnet, resolve_control_spec)
 from models.decode.sampling import SamplerPlan, combine, plan_sampler
 from models.decode.stable_diffusion import SDComponents, load_sd_components
 from models.imageio import RESIZE_FILTERS
-from models.palettes import VOC, LabelSet, control_colors, get_label_set
+from models.palettes import VOC, LabelSet, get_label_set
 from models.semantic_code import SemanticCode
 
 # Samplers by name: (class, settings on top of the base model's noise schedule).
@@ -222,15 +222,10 @@ class ControlNetDecoder:
 
     def check_code(self, label_map: np.ndarray, label_set: LabelSet) -> None:
         """``ValueError`` unless this ControlNet can draw ``label_map``: its values are classes (or
-        void) of ``label_set``, its colours are ones the ControlNet knows, or, for one-hot control,
-        the ControlNet has one channel per class of the set."""
+        void) of ``label_set`` and the set is one the ControlNet knows (``check_drawable``)."""
         label_set.check(label_map)
         spec = self.control_spec
-        if spec.mode == "palette":
-            control_colors(label_set, spec.palette)
-        elif label_set.num_classes != spec.num_classes:
-            raise ValueError(f"the {label_set.name} label set has {label_set.num_classes} classes, the ControlNet's "
-                             f"one-hot control {spec.num_classes}")
+        check_drawable(label_set, spec.mode, spec.palette, spec.num_classes, spec.label_set)
 
     def control_image(self, label_map: np.ndarray, size: tuple[int, int], label_set: LabelSet = VOC) -> torch.Tensor:
         """(C, h, w) float32 control image for a ``label_set`` map at ``size`` = (w, h), in the spec's range."""

@@ -34,6 +34,7 @@ from models.decode.checkpoint_format import (CONTROLNET_PREFIX, EMA_PREFIX, TRAI
                                              controlnet_config_dict, training_record, write_export)
 from models.decode.control import conditioning_channels
 from models.decode.stable_diffusion import SDComponents, load_sd_components
+from models.palettes import VOC, LabelSet
 from models.train.data import derived_seed
 
 NOISE_STREAM = 1  # derived_seed(seed, NOISE_STREAM, draw): latents, dropout, noise, timesteps
@@ -79,9 +80,9 @@ def hint_channels(vae_scale_factor: int) -> tuple[int, ...]:
     return HINT_CHANNELS[:stages + 1]
 
 
-def initial_controlnet(components: SDComponents, config: Config) -> ControlNetModel:
+def initial_controlnet(components: SDComponents, config: Config, label_set: LabelSet = VOC) -> ControlNetModel:
     """``diffusion.controlnet_path`` if set (fine-tuning), else a ControlNet copied from the UNet."""
-    channels = conditioning_channels(config.diffusion.conditioning, config.segmentation.num_classes)
+    channels = conditioning_channels(config.diffusion.conditioning, label_set.num_classes)
     path = config.diffusion.controlnet_path
     if path is None:
         return ControlNetModel.from_unet(components.unet, conditioning_channels=channels,
@@ -103,16 +104,16 @@ def initial_controlnet(components: SDComponents, config: Config) -> ControlNetMo
 class ControlNetModule(pl.LightningModule):
     """Frozen SD1.5 (VAE, CLIP text encoder, UNet) and a trainable ControlNet."""
 
-    def __init__(self, config: Config, components: SDComponents | None = None):
+    def __init__(self, config: Config, components: SDComponents | None = None, label_set: LabelSet = VOC):
         super().__init__()
         check_train_config(config)
-        self.config = config
+        self.config, self.label_set = config, label_set  # label_set: of the training maps
         components = components or load_sd_components(config.diffusion.sd_model_path)
         self.vae, self.text_encoder, self.unet = components.vae, components.text_encoder, components.unet
         self.tokenizer, self.noise_scheduler = components.tokenizer, components.scheduler
         with torch.random.fork_rng(devices=[]):  # the same initial weights in every run and rank
             torch.manual_seed(derived_seed(config.train.seed, INIT_STREAM))
-            self.controlnet = initial_controlnet(components, config)
+            self.controlnet = initial_controlnet(components, config, label_set)
         self._freeze()
         self.controlnet_ema = (copy.deepcopy(self.controlnet).requires_grad_(False)
                                if config.train.ema_decay is not None else None)
@@ -319,7 +320,8 @@ class ControlNetModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint[TRAINING_KEY] = training_record(self.controlnet, self.config, self.controlnet_ema is not None)
+        checkpoint[TRAINING_KEY] = training_record(self.controlnet, self.config, self.controlnet_ema is not None,
+                                                   self.label_set)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint whose trained parts differ from this module's (EMA, UNet half)."""
@@ -336,7 +338,8 @@ class ControlNetModule(pl.LightningModule):
         source = self.controlnet_ema if self.controlnet_ema is not None else self.controlnet
         unet = {name: p.detach() for name, p in self.unet.named_parameters() if p.requires_grad}
         return TrainedWeights(controlnet_config_dict(self.controlnet), source.state_dict(), unet,
-                              self.config.to_dict(), self.controlnet_ema is not None, self.global_step)
+                              self.config.to_dict(), self.controlnet_ema is not None, self.global_step,
+                              self.label_set.name, self.label_set.num_classes)
 
     def export(self, output_dir: str | Path) -> Path:
         """Write the export folder (``models.decode.checkpoint_format``)."""

@@ -34,11 +34,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from models.config import Config
-from models.decode.control import control_tensor, resize_label_map
+from models.decode.control import check_drawable, control_tensor, resize_label_map
 from models.imageio import ImageReadError, is_image_name, read_label_map, read_rgb, walk_files
 from models.layout import (LABEL_MAPS_FOLDER, PROMPTS_FILE, find_label_set, label_map_relpath, read_prompts,
                            split_folders)
-from models.palettes import VOC, LabelSet, control_colors
+from models.palettes import VOC, LabelSet
 from models.runtime import is_global_zero
 
 EXAMPLES_SHOWN = 3  # file names printed per kind of problem
@@ -232,6 +232,7 @@ class LabelMapDataset(Dataset):
         options = self.options
         image = read_rgb(pair.image_path)
         label_map = read_label_map(pair.label_map_path)
+        options.label_set.check(label_map)
         if label_map.shape != (image.height, image.width):
             raise ValueError(f"label map is {label_map.shape[1]}x{label_map.shape[0]}, "
                              f"image is {image.width}x{image.height}")
@@ -274,19 +275,23 @@ class EndlessShardSampler(Sampler):
 
 
 def training_label_set(data_root: Path, config: Config) -> LabelSet:
-    """The label set of the train and val maps (their ``label_set.json``), checked against the
-    ControlNet's control images; ``DataError`` saying what to change otherwise."""
-    sets = {split: find_label_set(split_folders(data_root, split)[1]) for split in ("train", "val")}
-    if sets["train"].name != sets["val"].name:
-        raise DataError(f"{data_root}: the train maps are {sets['train'].name}, the val maps {sets['val'].name}")
-    label_set, diffusion = sets["train"], config.diffusion
-    if diffusion.conditioning == "onehot" and label_set.num_classes != config.segmentation.num_classes:
-        raise DataError(f"one-hot control of {label_set.name} maps needs segmentation.num_classes: "
-                        f"{label_set.num_classes} (it is {config.segmentation.num_classes})")
+    """The label set of the train (and, if present, val) maps, from their ``label_set.json``,
+    checked against the control images the config asks for; ``DataError`` saying what to change."""
+    folders = {split: split_folders(data_root, split)[1] for split in ("train", "val")}
     try:
-        control_colors(label_set, diffusion.palette)
+        sets = {split: find_label_set(folder, root=data_root) for split, folder in folders.items()
+                if folder.is_dir() or split == "train"}
     except ValueError as error:
-        raise DataError(f"{error} (set diffusion.palette: {label_set.name} to train on them)") from None
+        raise DataError(str(error)) from None
+    label_set = sets["train"]
+    if "val" in sets and sets["val"].name != label_set.name:
+        raise DataError(f"{data_root}: the train maps are {label_set.name}, the val maps {sets['val'].name}")
+    diffusion = config.diffusion
+    try:
+        check_drawable(label_set, diffusion.conditioning, diffusion.palette)
+    except ValueError as error:
+        palette = "ade20k" if label_set.name == "ade20k" else "voc"
+        raise DataError(f"{error} (set diffusion.palette: {palette} to train on them)") from None
     return label_set
 
 

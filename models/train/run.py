@@ -133,7 +133,7 @@ def run_training(config: Config, devices: DeviceSpec, resume: str | None = None,
               f"x accumulation {config.train.accumulate_grad_batches} = "
               f"{devices.world_size * config.train.batch_size * config.train.accumulate_grad_batches} "
               f"images per step" + (f"; resuming from {resume_path}" if resume_path else ""))
-    module = ControlNetModule(config, components)
+    module = ControlNetModule(config, components, datamodule.options.label_set)
     trainer = build_trainer(config, devices, paths, datamodule.val_dataset is not None, progress_bar)
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # frozen SD1.5
     if resume_path is not None:

@@ -52,10 +52,10 @@ def training_decoder(module: pl.LightningModule) -> ControlNetDecoder:
     Speed options that would change the training modules (fused projections, channels-last
     weights, compilation) stay off; the precomputed sampler only changes the loop.
     """
-    config = module.config
+    config, label_set = module.config, module.label_set
     controlnet = module.controlnet_ema if module.controlnet_ema is not None else module.controlnet
-    source = ControlNetSource(controlnet, "training", str(config.train.output_dir),
-                              metadata=control_metadata(config.to_dict()))
+    metadata = control_metadata(config.to_dict(), label_set.name, label_set.num_classes)
+    source = ControlNetSource(controlnet, "training", str(config.train.output_dir), metadata=metadata)
     control, _ = resolve_control_spec(source, config)
     speed = SpeedOptions(precomputed_sampler=config.decode.precomputed_sampler, channels_last=False)
     return ControlNetDecoder(module.sd_components(), controlnet, control, validation_sampler(config),
