@@ -1,6 +1,11 @@
-"""Encode images into label maps (DeepLabV3+) and captions (BLIP).
+"""Encode images into label maps (DeepLabV3+, or a transformers segmentation model) and captions (BLIP).
 
     python process_input.py --input_dir data/original_images --output_dir data/segmented_images
+
+The label maps come from DeepLabV3+ (segmentation.family: deeplab, PASCAL VOC classes) or from
+any transformers segmentation model (segmentation.family: transformers, e.g. an ADE20K scene
+parser); --output_dir gets a label_set.json saying which classes the maps' values are, and a
+folder that already holds maps of another label set is refused unless --overwrite is given.
 
 For every image under --input_dir (recursively, subfolders mirrored) this writes, at the same
 relative path, a .sem file (label map + caption + optional seed in our compact format, see
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return report(plan, None, output_dir)
     try:
         result = run_encode(plan, config, devices, output_dir, outputs=outputs)
-    except (CheckpointError, OSError) as error:
+    except (CheckpointError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return report(plan, result, output_dir) if result.is_global_zero else 0

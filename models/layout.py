@@ -70,20 +70,31 @@ def write_label_set(folder: str | os.PathLike, label_set: LabelSet) -> None:
     atomic_write_json(Path(folder) / LABEL_SET_FILE, label_set.to_dict())
 
 
-def find_label_set(path: str | os.PathLike, name: str | None = None) -> LabelSet:
+def find_label_set(path: str | os.PathLike, name: str | None = None, root: str | os.PathLike | None = None) -> LabelSet:
     """The label set of the map at (or the maps in) ``path``: the nearest ``label_set.json`` in its
-    folder or a folder above; VOC where there is none. With ``name`` (what a ``.sem`` file says),
-    a built-in set, or the nearest sidecar of that name; ``ValueError`` if there is none."""
+    folder or a folder above (up to ``root``, if given); VOC where there is none. With ``name``
+    (what a ``.sem`` file says), a built-in set, or the nearest sidecar of that name; ``ValueError``
+    naming the file for a sidecar that cannot be read, or if no sidecar defines ``name``."""
     if name in LABEL_SETS:
         return LABEL_SETS[name]
-    path = Path(path).resolve()
-    for folder in ([path] if path.is_dir() else []) + list(path.parents):
-        data = read_json(folder / LABEL_SET_FILE)
-        if isinstance(data, dict) and (name is None or data.get("name") == name):
+    path = Path(path).absolute()  # not resolved: the sidecar sits beside the link, not its target
+    top = Path(root).absolute() if root is not None else None
+    folders = ([path] if path.is_dir() else []) + list(path.parents)
+    if top is not None and top in folders:
+        folders = folders[:folders.index(top) + 1]
+    for folder in folders:
+        sidecar = folder / LABEL_SET_FILE
+        try:
+            data = read_json(sidecar)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{sidecar}: unreadable ({error})") from None
+        if data is not None and not isinstance(data, dict):
+            raise ValueError(f"{sidecar}: expected a JSON object (name, classes, colors), got {type(data).__name__}")
+        if data is not None and (name is None or data.get("name") == name):
             try:
                 return label_set_from_dict(data)
             except ValueError as error:
-                raise ValueError(f"{folder / LABEL_SET_FILE}: {error}") from None
+                raise ValueError(f"{sidecar}: {error}") from None
     if name is None:
         return VOC
     raise ValueError(f"{path}: label set {name!r} is not built in and no {LABEL_SET_FILE} above it defines it")

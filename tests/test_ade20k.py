@@ -3,6 +3,7 @@ and they are drawn exactly as the public segmentation ControlNets' annotator dre
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,12 +14,13 @@ from PIL import Image
 import process_decoding
 import process_input
 from models.bitstream import read_sem
+from models.bitstream.__main__ import main as bitstream_main
 from models.config import load_config
 from models.decode.decoder import ControlNetDecoder
 from models.encode import scaling
-from models.encode.segmentation import load_segmenter
+from models.encode.segmentation import CheckpointError, load_segmenter
 from models.encode.transformers_segmenter import model_label_set
-from models.palettes import ADE20K, ADE20K_CLASSES, ADE20K_PALETTE, VOC
+from models.palettes import ADE20K, ADE20K_CLASSES, ADE20K_PALETTE, VOC, VOC_CLASSES
 from models.tiny.components import build_tiny_components
 from tests.conftest import VOC_IMAGES
 
@@ -44,8 +46,11 @@ def encoded(ade_config, tmp_path_factory):
     return root / "encoded"
 
 
-def test_the_scene_parser_writes_ade20k_maps_that_say_so(encoded):
+def test_the_scene_parser_writes_ade20k_maps_that_say_so(encoded, capsys):
     assert json.loads((encoded / "label_set.json").read_text())["name"] == "ade20k"
+    capsys.readouterr()
+    assert bitstream_main(["info", str(encoded / f"{PHOTOS[0].stem}.sem")]) == 0
+    assert json.loads(capsys.readouterr().out)["label_set"] == "ade20k"
     for photo in PHOTOS:
         png = Image.open(encoded / f"{photo.stem}.png")
         label_map = np.array(png)
@@ -59,12 +64,13 @@ def test_the_scene_parser_writes_ade20k_maps_that_say_so(encoded):
 def test_control_images_are_the_annotators_colours_pixel_by_pixel(ade_config):
     decoder = ControlNetDecoder.from_config(load_config(ade_config))
     assert decoder.control_spec.palette == "ade20k"
-    label_map = np.array([[1, 2, 3, 5], [13, 150, 0, 21]], dtype=np.uint8)  # wall building sky tree / ... other car
+    label_map = np.array([[1, 2, 3, 7], [13, 150, 0, 21]], dtype=np.uint8)  # wall building sky road / ... other car
     control = decoder.control_image(label_map, (4, 2), ADE20K)  # (3, 2, 4) in [0, 1]
     drawn = (control * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     expected = np.array([[ADE20K_PALETTE[v - 1] if v else (0, 0, 0) for v in row] for row in label_map])
     np.testing.assert_array_equal(drawn, expected)
     assert tuple(drawn[0, 0]) == (120, 120, 120) and tuple(drawn[0, 2]) == (6, 230, 230)  # wall, sky
+    assert tuple(drawn[0, 3]) == (140, 140, 140) and tuple(drawn[1, 1]) == (92, 0, 255)  # road, the last class
     voc = decoder.control_image(np.array([[0, 15]], dtype=np.uint8), (2, 1), VOC)  # VOC maps: the mapping
     assert tuple((voc[:, 0, 1] * 255).round().int().tolist()) == (150, 5, 61)  # person
     assert tuple((voc[:, 0, 0] * 255).round().int().tolist()) == (0, 0, 0)  # background: no ADE20K class
@@ -84,7 +90,7 @@ def test_ade20k_codes_decode_end_to_end(ade_config, encoded, tmp_path):
 
 def test_bounded_inference_gives_full_size_maps(ade_config):
     config = load_config(ade_config)
-    config.segmentation.inference_size = 24
+    config.segmentation.inference_size = 32
     segmenter = load_segmenter(config.segmentation)
     photo = np.array(Image.open(PHOTOS[0]))  # 500 x 281
     big = np.array(Image.fromarray(photo).resize((1200, 674)))
@@ -102,8 +108,49 @@ def test_logits_to_labels_in_strips_equals_one_interpolation(monkeypatch):
     np.testing.assert_array_equal(scaling.labels_from_logits(logits, 203, 141), whole.numpy())
 
 
-def test_other_models_bring_their_own_class_names():
-    assert model_label_set(dict(enumerate(ADE20K_CLASSES)), "nvidia/segformer-b5-finetuned-ade-640-640") == (ADE20K, 1)
-    cityscapes, offset = model_label_set({0: "road", 1: "sidewalk", 2: "car"}, "nvidia/segformer-b0-finetuned-cityscapes")
+def test_a_too_small_inference_size_is_refused(ade_config):
+    config = load_config(ade_config)
+    config.segmentation.inference_size = 8
+    with pytest.raises(CheckpointError, match="inference_size"):
+        load_segmenter(config.segmentation)
+
+
+def test_a_processor_that_changes_the_size_is_an_error(ade_config):
+    config = load_config(ade_config)
+    config.segmentation.inference_size = 32
+    segmenter = load_segmenter(config.segmentation)
+    processor = segmenter.processor
+    segmenter.processor = lambda images, **options: SimpleNamespace(
+        pixel_values=processor(images=images, **options).pixel_values[..., :16, :16])  # a centre crop, say
+    with pytest.raises(ValueError, match="do_center_crop"):
+        segmenter.predict([np.array(Image.open(PHOTOS[0]))])
+
+
+def test_models_of_the_built_in_sets_write_them_and_others_bring_their_own_class_names():
+    ade = "nvidia/segformer-b5-finetuned-ade-640-640"
+    assert model_label_set(dict(enumerate(ADE20K_CLASSES)), ade) == (ADE20K, 1)
+    assert model_label_set(dict(enumerate(("background",) + ADE20K_CLASSES)), ade) == (ADE20K, 0)
+    assert model_label_set(dict(enumerate(VOC_CLASSES)), "a/deeplab-voc") == (VOC, 0)
+    cityscapes, offset = model_label_set({0: "road", 1: "sidewalk", 2: "car"},
+                                         "nvidia/segformer-b0-finetuned-cityscapes")
     assert offset == 0 and cityscapes.name == "segformer-b0-finetuned-cityscapes"
+    assert model_label_set({0: "a", 1: "b"}, "models/voc/")[0].name == "voc-classes"  # never a built-in name
     assert cityscapes.class_names == ("road", "sidewalk", "car")
+
+
+def test_encoding_into_a_folder_of_another_label_set_is_refused_unless_overwriting(ade_config, encoded, tmp_path,
+                                                                                  capsys):
+    output = tmp_path / "voc-encoded"
+    shutil.copytree(encoded, output)
+    (output / "label_set.json").write_text(json.dumps(VOC.to_dict()))  # an earlier run with DeepLabV3+
+    for photo in PHOTOS[:2]:
+        (output / f"{photo.stem}.sem").unlink()  # two images left to do
+    arguments = ["--config_path", str(ade_config), "--input_dir", str(encoded.parent / "photos"),
+                 "--output_dir", str(output), "--device", "cpu"]
+    assert process_input.main(arguments) == 2
+    assert "holds voc label maps" in capsys.readouterr().err
+    assert json.loads((output / "label_set.json").read_text())["name"] == "voc"  # left as it was
+    assert not (output / f"{PHOTOS[0].stem}.sem").exists()
+    assert process_input.main(arguments + ["--overwrite"]) == 0
+    assert json.loads((output / "label_set.json").read_text())["name"] == "ade20k"
+    assert read_sem(output / f"{PHOTOS[0].stem}.sem").label_set == "ade20k"

@@ -64,7 +64,8 @@ def test_the_label_set_comes_from_the_maps_folder(tmp_path, capsys):
     folder.mkdir(parents=True)
     shutil.copy(ADE_MAP, folder / "map.png")
     assert main(["encode", str(folder / "map.png"), str(tmp_path / "voc.sem")]) == 1  # VOC by default
-    assert "class ids 61 outside 0..20" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"{folder / 'map.png'}: class ids 61 outside 0..20" in error and "--label_set" in error
     write_label_set(tmp_path / "ade", ADE20K)  # a folder above the map's
     assert main(["encode", str(folder / "map.png"), str(tmp_path / "ade.sem")]) == 0
     assert info_of(tmp_path / "ade.sem", capsys)["label_set"] == "ade20k"
@@ -73,6 +74,11 @@ def test_the_label_set_comes_from_the_maps_folder(tmp_path, capsys):
     assert main(["encode", str(folder / "map.png"), str(tmp_path / "x.sem"), "--label_set", "ade"]) == 1
     assert "label set 'ade' is not built in" in capsys.readouterr().err
     assert not (tmp_path / "x.sem").exists()
+    (tmp_path / "ade" / LABEL_SET_FILE).write_text("[1, 2]")
+    assert main(["encode", str(folder / "map.png"), str(tmp_path / "y.sem")]) == 1
+    assert f"{tmp_path / 'ade' / LABEL_SET_FILE}: expected a JSON object" in capsys.readouterr().err
+    assert main(["encode", str(ADE_MAP), str(tmp_path / "z.sem")]) == 0  # tests/data's sidecar says ade20k
+    assert info_of(tmp_path / "z.sem", capsys)["label_set"] == "ade20k"
 
 
 def test_a_custom_label_set_round_trips_its_name_and_colours(tmp_path, capsys):

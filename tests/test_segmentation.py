@@ -132,3 +132,26 @@ def test_safetensors_round_trip_and_any_size_prediction(tmp_path):
     # A label map does not depend on the other images of its batch.
     for image, label_map in zip(images, label_maps):
         np.testing.assert_array_equal(model.predict([image])[0], label_map)
+
+
+def test_inference_size_bounds_the_network_input_and_null_is_the_plain_forward(tmp_path):
+    config = SegmentationConfig(encoder_name="resnet18", aspp_channels=16, low_level_channels=8)
+    torch.manual_seed(4)
+    model = DeepLabV3Plus.from_config(config).eval()
+    randomize_batch_norm(model, seed=4)
+    save_checkpoint(model, config, tmp_path / "seg.safetensors")
+    config.checkpoint = str(tmp_path / "seg.safetensors")
+    image = np.random.RandomState(1).randint(0, 255, (96, 160, 3), dtype=np.uint8)
+    full = load_segmenter(config)  # inference_size null: each image at its own size
+    with torch.no_grad():
+        logits = full(full.normalize(torch.from_numpy(image)[None]))  # (1, 21, 96, 160)
+    np.testing.assert_array_equal(full.predict([image])[0], logits[0].argmax(0).numpy())
+    config.inference_size = 48
+    bounded = load_segmenter(config)
+    seen = []
+    bounded.register_forward_hook(lambda module, inputs, output: seen.append(tuple(inputs[0].shape[-2:])))
+    label_map = bounded.predict([image])[0]
+    assert seen == [(48, 80)] and label_map.shape == (96, 160)  # run small, labelled at full size
+    config.inference_size = 16
+    with pytest.raises(CheckpointError, match="inference_size"):
+        load_segmenter(config)

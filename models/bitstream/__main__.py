@@ -58,7 +58,11 @@ def encode_command(args: argparse.Namespace) -> None:
     # The format cannot hold more pixels than MAX_PIXELS: refuse larger maps before decoding them.
     label_map = read_label_map(args.label_map, max_pixels=MAX_PIXELS)
     label_set = find_label_set(args.label_map, args.label_set)
-    label_set.check(label_map)
+    try:
+        label_set.check(label_map)
+    except ValueError as error:
+        raise ValueError(f"{args.label_map}: {error}; if the map is of another set, pass --label_set (e.g. "
+                         f"ade20k) or put its label_set.json beside it") from None
     code = SemanticCode(label_map, args.caption, args.seed, label_set=label_set.name)
     size = write_sem(args.output, code, grid=args.grid)
     print(f"{args.output}: {size} bytes, "

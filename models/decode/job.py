@@ -33,7 +33,7 @@ from models.bitstream import read_code_file
 from models.config import Config
 from models.decode.decoder import ControlNetDecoder, form_batches, image_seed
 from models.imageio import ImageReadError, atomic_save_image, atomic_write_json, is_image_name, read_json, walk_files
-from models.layout import (IMAGE_OUTPUT_SUFFIX, LABEL_SET_FILE, SEM_SUFFIX, CaptionIndex, find_label_set, RankRecords,
+from models.layout import (IMAGE_OUTPUT_SUFFIX, LABEL_SET_FILE, SEM_SUFFIX, CaptionIndex, RankRecords, find_label_set,
                            output_relpath, read_consistently, read_prompts, stem_key)
 from models.palettes import VOC, LabelSet
 from models.runtime import (PRECISIONS, DeviceSpec, JobResult, OutputWriter, library_versions, prediction_trainer,
@@ -82,7 +82,7 @@ def label_set_of(path: Path, code: SemanticCode) -> LabelSet:
     try:
         return find_label_set(path, code.label_set if path.suffix.lower() == SEM_SUFFIX else None)
     except ValueError as error:
-        raise InputError(str(error).removeprefix(f"{path.resolve()}: ")) from None
+        raise InputError(str(error).removeprefix(f"{path.absolute()}: ")) from None
 
 
 def sem_shadowed(relpaths: list[str]) -> set[str]:

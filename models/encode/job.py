@@ -32,11 +32,12 @@ from torch.utils.data import DataLoader, Dataset
 from models.bitstream import write_sem
 from models.config import Config
 from models.encode.encoder import SemanticEncoder
-from models.imageio import ImageReadError, InputFile, atomic_save_image, read_rgb
-from models.layout import (ENCODE_FORMATS, PROMPTS_FILE, RankRecords, label_map_relpath, list_inputs, read_consistently,
-                           read_prompts, sem_relpath, write_label_set, write_prompts)
-from models.palettes import label_map_to_pil
-from models.runtime import DeviceSpec, JobResult, OutputWriter, network_dtype, prediction_trainer, print_job_report
+from models.imageio import ImageReadError, InputFile, atomic_save_image, read_json, read_rgb
+from models.layout import (ENCODE_FORMATS, LABEL_SET_FILE, PROMPTS_FILE, RankRecords, label_map_relpath, list_inputs,
+                           read_consistently, read_prompts, sem_relpath, write_label_set, write_prompts)
+from models.palettes import LabelSet, label_map_to_pil
+from models.runtime import (DeviceSpec, JobResult, OutputWriter, is_global_zero, network_dtype, prediction_trainer,
+                            print_job_report)
 from models.semantic_code import SemanticCode
 
 
@@ -96,6 +97,7 @@ class EncodePlan:
     done: list[str] = field(default_factory=list)  # already encoded, skipped
     ignored: list[str] = field(default_factory=list)  # not image files
     failures: dict[str, str] = field(default_factory=dict)  # relpath -> reason
+    overwrite: bool = False  # redo done images (and replace the folder's label set)
 
 
 def read_captions(output_dir: Path) -> dict[str, str]:
@@ -112,7 +114,7 @@ def plan_encode(input_dir: Path, output_dir: Path, overwrite: bool = False,
                 outputs: OutputSpec = OutputSpec()) -> EncodePlan:
     """Sort the files under ``input_dir`` into to-do, done, ignored and failed."""
     listing = list_inputs(input_dir)
-    plan = EncodePlan(ignored=listing.ignored)
+    plan = EncodePlan(ignored=listing.ignored, overwrite=overwrite)
     for relpath, other in listing.clashes.items():
         plan.failures[relpath] = (f"its label map {label_map_relpath(relpath)} would overwrite the one of {other} "
                                   f"(same name, different extension); rename one of them")
@@ -207,6 +209,23 @@ def merge_captions(output_dir: Path) -> dict[str, str]:
     return captions
 
 
+def claim_label_set(output_dir: Path, label_set: LabelSet, plan: EncodePlan) -> None:
+    """Record that ``output_dir`` holds ``label_set`` maps (rank 0 writes ``label_set.json``);
+    ``ValueError`` if the maps already there are of another set (a folder without the sidecar
+    holds VOC maps), unless the plan overwrites them."""
+    path = output_dir / LABEL_SET_FILE
+    try:
+        existing = read_json(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: unreadable ({error}); delete it or pass --overwrite") from None
+    name = existing.get("name") if isinstance(existing, dict) else ("voc" if plan.done else None)
+    if name not in (None, label_set.name) and not plan.overwrite:
+        raise ValueError(f"{output_dir} holds {name} label maps (its {LABEL_SET_FILE}), this segmenter writes "
+                         f"{label_set.name} maps; choose another --output_dir or pass --overwrite")
+    if is_global_zero():
+        write_label_set(output_dir, label_set)
+
+
 def run_encode(plan: EncodePlan, config: Config, devices: DeviceSpec, output_dir: Path,
                progress_bar: bool = True, outputs: OutputSpec = OutputSpec()) -> JobResult:
     """Encode ``plan.todo`` on the devices in ``devices``; failures of all processes are gathered."""
@@ -218,10 +237,9 @@ def run_encode(plan: EncodePlan, config: Config, devices: DeviceSpec, output_dir
     writer = EncodeWriter(output_dir, outputs)
     trainer = prediction_trainer(devices, callbacks=[writer], progress_bar=progress_bar)
     module = EncodeModule(SemanticEncoder.from_config(config), config.encode.precision)
+    claim_label_set(output_dir, module.encoder.segmenter.label_set, plan)  # what the maps' values mean
     trainer.predict(module, dataloaders=loader, return_predictions=False)
     result = writer.result(trainer)
-    if trainer.is_global_zero:
-        write_label_set(output_dir, module.encoder.segmenter.label_set)  # what the maps' values mean
     if trainer.is_global_zero and outputs.writes_png:
         merge_captions(output_dir)
     trainer.strategy.barrier()

@@ -12,6 +12,8 @@ at several times that scale and needs tens of gigabytes for a batch. So with an 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -63,3 +65,24 @@ def group_by_shape(shapes: list[tuple[int, int]]) -> list[list[int]]:
     for index, shape in enumerate(shapes):
         groups.setdefault(tuple(shape), []).append(index)
     return list(groups.values())
+
+
+def predict_bounded(images: list[np.ndarray], short_side: int | None,
+                    run_batch: Callable[[list[np.ndarray]], torch.Tensor], offset: int = 0) -> list[np.ndarray]:
+    """(H, W) uint8 label maps for (H, W, 3) uint8 RGB ``images``, each at its own size.
+
+    Each image goes to the network at ``inference_shape(..., short_side)``; images of equal
+    network size share a batch without padding, so a label map never depends on the others.
+    ``run_batch`` takes equally sized images and returns their (B, C, h, w) logits; ``offset`` is
+    added to the class index to give the map's value.
+    """
+    for image in images:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    shapes = [inference_shape(*image.shape[:2], short_side) for image in images]
+    label_maps: list[np.ndarray | None] = [None] * len(images)
+    for indices in group_by_shape(shapes):
+        logits = run_batch([resize_image(images[i], shapes[indices[0]]) for i in indices])  # (B, C, h, w)
+        for index, image_logits in zip(indices, logits):
+            label_maps[index] = labels_from_logits(image_logits, *images[index].shape[:2]) + np.uint8(offset)
+    return label_maps  # type: ignore[return-value]

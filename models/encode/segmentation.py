@@ -28,13 +28,14 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 from models.config import SegmentationConfig
-from models.encode.scaling import group_by_shape, inference_shape, labels_from_logits, resize_image
+from models.encode.scaling import predict_bounded
 from models.palettes import NUM_VOC_CLASSES, UINT8, VOC
 from models.weights import WeightsFileError, read_weights_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ATROUS_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
+MIN_INFERENCE_SIZE = 32  # the network downsamples 16 or 32 times; below this it sees a few pixels
 
 
 def build_backbone(encoder_name: str, output_stride: int) -> nn.Module:
@@ -121,18 +122,12 @@ class DeepLabV3Plus(nn.Module):
         ``inference_size`` (``models.encode.scaling``); images of equal network size share a
         batch without padding, so a label map never depends on what else is in the batch.
         """
-        for image in images:
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
         device, dtype = self.mean.device, next(self.parameters()).dtype
-        shapes = [inference_shape(*image.shape[:2], self.inference_size) for image in images]
-        label_maps: list[np.ndarray | None] = [None] * len(images)
-        for indices in group_by_shape(shapes):
-            batch = np.stack([resize_image(images[i], shapes[indices[0]]) for i in indices])
-            logits = self(self.normalize(torch.from_numpy(batch).to(device)).to(dtype))  # (B, C, h, w)
-            for index, image_logits in zip(indices, logits):
-                label_maps[index] = labels_from_logits(image_logits, *images[index].shape[:2])
-        return label_maps  # type: ignore[return-value]
+
+        def run_batch(batch: list[np.ndarray]) -> torch.Tensor:
+            return self(self.normalize(torch.from_numpy(np.stack(batch)).to(device)).to(dtype))  # (B, C, h, w)
+
+        return predict_bounded(images, self.inference_size, run_batch)
 
 
 # --- checkpoints --------------------------------------------------------------------------------
@@ -204,6 +199,10 @@ def load_segmenter(config: SegmentationConfig, device: str | torch.device = "cpu
                    dtype: torch.dtype = torch.float32) -> nn.Module:
     """The configured label-map network in eval mode on ``device``: DeepLabV3+ with its checkpoint,
     or a transformers model (``segmentation.family``); either has ``predict`` and ``label_set``."""
+    if config.inference_size is not None and not (isinstance(config.inference_size, int)
+                                                  and config.inference_size >= MIN_INFERENCE_SIZE):
+        raise CheckpointError(f"segmentation.inference_size must be null (each image at its own size) or a short "
+                              f"side of at least {MIN_INFERENCE_SIZE} pixels, got {config.inference_size!r}")
     if config.family == "transformers":
         from models.encode.transformers_segmenter import TransformersSegmenter
 

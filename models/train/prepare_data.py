@@ -463,6 +463,20 @@ def check_manifest(data_root: Path, settings: dict) -> None:
                      f"--data_root, or delete that one to rebuild it")
 
 
+def check_label_set_files(data_root: Path, label_set: LabelSet | None) -> None:
+    """``ValueError`` for a split's ``label_set.json`` that cannot be read or names another set."""
+    for split in SPLITS:
+        path = split_folders(data_root, split)[1] / LABEL_SET_FILE
+        try:
+            existing = read_json(path)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: unreadable ({error}); delete it and run again") from None
+        name = existing.get("name") if isinstance(existing, dict) else existing
+        if existing is not None and label_set is not None and name != label_set.name:
+            raise ValueError(f"{path} says the maps there are {name!r}, this source gives {label_set.name} maps; "
+                             f"use another --data_root")
+
+
 def report(plan: SourcePlan, preparer: Preparer, data_root: Path) -> int:
     """Print one line per failed file and a summary per split; the exit status."""
     failures = {**plan.failures, **preparer.failures}
@@ -553,6 +567,7 @@ def prepare(args: argparse.Namespace) -> int:
             raise ValueError(f"found no images to prepare in {source.folder}")
         settings = source_settings(args, source)
         check_manifest(data_root, settings)
+        check_label_set_files(data_root, source.ground_truth)
         config = config_from_args(args)
         devices = resolve_devices(args)
     except (ValueError, ConfigError) as error:
@@ -576,7 +591,7 @@ def prepare(args: argparse.Namespace) -> int:
             caption_ground_truth(placed, preparer, config, devices)
         elif not encode_predicted(preparer, config, devices):
             return 0
-    except (CheckpointError, OSError) as error:
+    except (CheckpointError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return report(plan, preparer, data_root)
