@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         metavar="NAME", help=f"metrics to compute, from: {' '.join(METRIC_NAMES)}")
     add_config_arguments(parser)
     config_flag(parser, "--segmentation_ckpt", "segmentation.checkpoint",
-                "DeepLabV3+ checkpoint for semantic consistency")
+                "DeepLabV3+ checkpoint for semantic consistency (a transformers segmenter: "
+                "segmentation.family/model in --config_path)")
     parser.add_argument("--device", default=None, help="device for the metric networks (default: cuda if present)")
     parser.add_argument("--grid_images", type=int, default=4,
                         help="images in the side-by-side grid (--method)")

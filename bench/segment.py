@@ -132,10 +132,13 @@ def main(argv: list[str] | None = None) -> int:
             size = f"{width // 2}x{height // 2}"  # a quarter of the area: the full photo does not fit
         rows.append(measure(case, size, args.batch))
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n| case | photos | peak memory (MiB) | seconds | label maps |\n|---|---|---:|---:|---|")
+    print("\n| case | photos | peak memory (MiB) | seconds | label maps |\n|---|---|---:|---:|---|")
     for row in rows:
-        shapes = "error: " + row["error"] if "error" in row else ", ".join("x".join(map(str, s[::-1])) for s in
-                                                                         row["shapes"][:1]) + f" (x{len(row['shapes'])})"
+        if "error" in row:
+            shapes = "error: " + row["error"]
+        else:
+            height, width = row["shapes"][0]
+            shapes = f"{width}x{height} (x{len(row['shapes'])})"
         print(f"| {row['case']} | {row['batch']} x {row['size']} | {row.get('peak_mib', '-')} | "
               f"{row.get('seconds', '-')} | {shapes} |")
     return 0

@@ -296,3 +296,36 @@ def test_sem_files_give_the_label_maps_captions_and_rate(tiny_config, tmp_path):
     captions = load_sem_captions(labels)
     assert {stem: captions.get(f"{stem}.png") for stem in images} == {
         stem: read_sem(labels / f"{stem}.sem").caption for stem in images}
+
+
+def test_maps_of_another_label_set_are_left_out_with_a_note(tiny_config, tmp_path):
+    from models.layout import write_label_set
+    from models.palettes import ADE20K
+
+    images = small_photos((96, 72))
+    truth, labels = tmp_path / "truth", tmp_path / "labels"
+    for folder in (truth, labels):
+        folder.mkdir()
+    for stem, image in images.items():
+        Image.fromarray(image).save(truth / f"{stem}.png")
+        Image.fromarray(np.full((72, 96), 3, dtype=np.uint8)).save(labels / f"{stem}.png")
+    write_label_set(labels, ADE20K)  # the tiny segmenter predicts VOC maps
+    output = tmp_path / "out"
+    status = evaluate.main(["--ground_truth_path", str(truth), "--prediction_path", str(truth),
+                            "--label_path", str(labels), "--config_path", str(tiny_config),
+                            "--output_dir", str(output), "--metrics", "semantic", "psnr", "--device", "cpu"])
+    assert status == 0
+    rows = read_csv(output / "metrics.csv")
+    assert len(rows) == 3 and all(row["sem_miou"] in ("", "nan") for row in rows)
+    summary = json.loads((output / "summary.json").read_text())
+    assert "3 ade20k" in summary["notes"]["semantic"] and "sem_miou_dataset" not in summary["metrics"]
+
+
+def test_confusion_skips_void_unknown_and_unlabelled_values():
+    from models.evaluation.metrics import confusion_matrix
+
+    transmitted = np.array([[0, 1, 2, 255]], dtype=np.uint8)
+    predicted = np.array([[1, 1, 0, 2]], dtype=np.uint8)
+    assert confusion_matrix(transmitted, predicted, 3).sum() == 3  # 255: void
+    confusion = confusion_matrix(transmitted, predicted, 3, ignored=(0,))  # ADE20K's 0, "other"
+    assert confusion.sum() == 2 and confusion[1, 1] == 1 and confusion[2, 0] == 1

@@ -42,7 +42,8 @@ def test_the_checkpoint_and_its_export_decode_to_the_same_images(trained_on_prep
     label_maps = root / "data" / "segmented_images" / "test"
     # Control: the same checkpoint without its EMA copy (the raw weights) must decode differently.
     checkpoint = torch.load(run / "checkpoints" / "step-0000003.ckpt", weights_only=True)
-    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("controlnet_ema.")}
+    state = checkpoint["state_dict"]
+    checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("controlnet_ema.")}
     checkpoint["semantic_compression"]["ema"] = False
     torch.save(checkpoint, root / "raw.ckpt")
     outputs = {}

@@ -33,6 +33,7 @@ from models.imageio import RESIZE_FILTERS, ImageReadError, atomic_write_bytes, a
 from models.layout import (SEM_SUFFIX, CaptionIndex, StemIndex, bitstream_index, has_sem_files, index_by_stem,
                            pair_by_stem)
 from models.rate import bits_per_pixel
+from models.semantic_code import SemanticCode
 
 
 @dataclass
@@ -131,10 +132,11 @@ def evaluate_folder(suite: MetricSuite, config: Config, inputs: EvaluationInputs
         except ImageReadError as error:
             errors[str(error.path)] = error.reason
             continue
-        label_map = _label_map(labels, pair.key, gaps, errors)
+        code = _code(labels, pair.key, gaps, errors)
         caption = _caption(inputs.captions, pair.relpath)
         gaps["caption"] += bool(inputs.captions) and caption is None
-        images = ImagePair(truth, prediction, suite.device, caption, label_map)
+        label_map, label_set = (code.label_map, code.label_set) if code is not None else (None, None)
+        images = ImagePair(truth, prediction, suite.device, caption, label_map, label_set)
         row = {"image": pair.relpath, **suite.evaluate(images)}
         if bitstreams is not None:
             row["bpp"] = _bpp(bitstreams, pair.key, truth.shape, gaps)
@@ -160,14 +162,15 @@ def _caption(captions: CaptionIndex, relpath: str) -> str | None:
         return None
 
 
-def _label_map(labels: StemIndex | None, key: str, gaps: dict, errors: dict) -> np.ndarray | None:
+def _code(labels: StemIndex | None, key: str, gaps: dict, errors: dict) -> SemanticCode | None:
+    """The transmitted code (label map and its label set) of image ``key``, if there is one."""
     if labels is None:
         return None
     if key not in labels:
         gaps["label map"] += 1
         return None
     try:
-        return read_code_file(labels.files[key]).label_map
+        return read_code_file(labels.files[key])
     except ImageReadError as error:
         errors[error.path] = error.reason
         gaps["label map"] += 1

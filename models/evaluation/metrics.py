@@ -110,6 +110,7 @@ class ImagePair:
     device: torch.device
     caption: str | None = None
     label_map: np.ndarray | None = None  # the transmitted (H', W') uint8 label map
+    label_set: str | None = None  # the name of its label set (None: the segmenter's)
 
     @cached_property
     def truth_uint8(self) -> torch.Tensor:
@@ -260,11 +261,16 @@ class SemanticConsistency:
             self.segmenter = load_segmenter(config, device)
         except CheckpointError as error:
             raise MetricUnavailable(str(error)) from None
-        self.num_classes = self.segmenter.label_set.num_classes  # the transmitted maps are of its set
+        self.label_set = self.segmenter.label_set  # transmitted maps of another set are not compared
+        self.num_classes = self.label_set.num_classes
         self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        self.other_sets: dict[str, int] = {}  # label set -> maps of it left out
 
     def __call__(self, pair: ImagePair) -> dict[str, float]:
         if pair.label_map is None:
+            return {"sem_miou": math.nan, "sem_pixel_accuracy": math.nan}
+        if pair.label_set not in (None, self.label_set.name):
+            self.other_sets[pair.label_set] = self.other_sets.get(pair.label_set, 0) + 1
             return {"sem_miou": math.nan, "sem_pixel_accuracy": math.nan}
         predicted = self.segmenter.predict([pair.prediction])[0]  # (H, W) at the truth's size
         if predicted.shape != pair.label_map.shape:  # the label map was made at another size
@@ -273,7 +279,7 @@ class SemanticConsistency:
             height, width = pair.label_map.shape
             predicted = np.asarray(Image.fromarray(predicted).resize((width, height),
                                                                      Image.Resampling.NEAREST))
-        confusion = confusion_matrix(pair.label_map, predicted, self.num_classes)
+        confusion = confusion_matrix(pair.label_map, predicted, self.num_classes, self.label_set.ignored)
         self.confusion += confusion
         return {"sem_miou": mean_iou(confusion), "sem_pixel_accuracy": pixel_accuracy(confusion)}
 
@@ -281,13 +287,24 @@ class SemanticConsistency:
         """mIoU over all pixels of the set (the usual segmentation benchmark number)."""
         return {"sem_miou_dataset": mean_iou(self.confusion)} if self.confusion.any() else {}
 
+    def note(self) -> str | None:
+        """Why some maps were not compared, if any were left out."""
+        if not self.other_sets:
+            return None
+        left_out = ", ".join(f"{count} {name}" for name, count in sorted(self.other_sets.items()))
+        return (f"label maps left out ({left_out}): the segmenter predicts {self.label_set.name} maps; "
+                f"set segmentation.* to the encoder that made them")
+
     def reset(self) -> None:
         self.confusion[:] = 0
+        self.other_sets.clear()
 
 
-def confusion_matrix(label_map: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """(classes, classes) counts of (transmitted, re-segmented) labels; void and unknown ids skipped."""
-    valid = label_map < num_classes
+def confusion_matrix(label_map: np.ndarray, predicted: np.ndarray, num_classes: int,
+                     ignored: tuple[int, ...] = ()) -> np.ndarray:
+    """(classes, classes) counts of (transmitted, re-segmented) labels; void, unknown and
+    ``ignored`` transmitted ids (ADE20K's 0, "other") are skipped."""
+    valid = (label_map < num_classes) & ~np.isin(label_map, ignored)
     index = label_map[valid].astype(np.int64) * num_classes + predicted[valid].astype(np.int64)
     counts = np.bincount(index, minlength=num_classes * num_classes)
     return counts[: num_classes * num_classes].reshape(num_classes, num_classes)
@@ -465,6 +482,8 @@ class MetricSuite:
         for metric in self.image_metrics:
             if isinstance(metric, SemanticConsistency):
                 values.update(metric.dataset_metrics())
+                if metric.note():
+                    notes["semantic"] = metric.note()
         return values, notes
 
     def reset(self) -> None:

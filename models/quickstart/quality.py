@@ -59,7 +59,8 @@ def quality_report(config: Config, count: int = 16, seed: int = 0, split: str = 
     decoder = ControlNetDecoder.from_config(config)
     seeds = [image_seed(config.decode.seed, stem_key(image_name(index))) for index in range(count)]
     decoded = decoder.decode(codes, seeds, config.decode.batch_size)
-    shuffled = [SemanticCode(maps[(i + 1) % count], code.caption) for i, code in enumerate(codes)]
+    shuffled = [SemanticCode(maps[(i + 1) % count], code.caption, label_set=code.label_set)
+                for i, code in enumerate(codes)]
     decoded_shuffled = decoder.decode(shuffled, seeds, config.decode.batch_size)
     return QualityReport(
         images=count,
