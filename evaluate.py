@@ -7,11 +7,13 @@
 Images are paired by relative path and stem (``a/b.jpg`` with ``a/b.png``) and compared at the
 ground truth's size; a prediction of another size is resized with Lanczos, never stretched to
 another aspect ratio. Writes metrics.csv (one row per image) and summary.json into --output_dir
-and prints a table. With --method (repeatable; the same NAME several times gives several points
-of one curve) every method gets its own folder, and rate-distortion plots and an image grid are
-drawn. Metrics whose weights are not on this machine are reported as unavailable, naming the
-file they need; the others still run. Unpaired and unreadable files are listed, and the exit
-status is then 1.
+and prints a table; an image a metric cannot score is listed with the reason, never fatal. With
+--method (repeatable; the same NAME several times gives several points of one curve) every
+method gets its own folder, all are compared on the images every one of them has, BD-rates
+against --anchor are printed, and rate-distortion plots (with published points of other codecs,
+--reference_points DATASET) and an image grid are drawn. Metrics whose weights are not on this
+machine are reported as unavailable, naming the file they need; the others still run. Unpaired
+and unreadable files are listed, and the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="device for the metric networks (default: cuda if present)")
     parser.add_argument("--grid_images", type=int, default=4,
                         help="images in the side-by-side grid (--method)")
+    parser.add_argument("--anchor", default=None,
+                        help="the method BD-rates are computed against (--method; default: the first)")
+    parser.add_argument("--reference_points", default=None, metavar="DATASET",
+                        help="draw the published points of DATASET (e.g. kodak, clic2020, div2k) on the "
+                             "rate-distortion plots (--method)")
+    parser.add_argument("--reference_points_file", default=None,
+                        help="a CSV of published points (default: models/evaluation/published_points.csv)")
     return parser.parse_args(argv)
 
 
@@ -72,6 +81,8 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[list[MethodSpec], CaptionI
             raise ValueError(f"--{flag} {value} is not a folder")
     if args.method and args.bitstream_dir:
         raise ValueError("with --method, give each method's bitstream folder as NAME=PRED_DIR,BITSTREAM_DIR")
+    if not args.method and (args.anchor or args.reference_points):
+        raise ValueError("--anchor and --reference_points compare methods: give them with --method")
     methods = ([parse_method(text) for text in args.method] if args.method else
                [MethodSpec("prediction", Path(args.prediction_path),
                            Path(args.bitstream_dir) if args.bitstream_dir else None)])
@@ -85,17 +96,37 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[list[MethodSpec], CaptionI
     return methods, captions
 
 
+def resolve_comparison(args: argparse.Namespace, methods: list[MethodSpec]) -> tuple[str | None, list]:
+    """The BD-rate anchor and the published points of ``--reference_points``; bad flags raise
+    ``ValueError``."""
+    from models.evaluation.reference_points import PUBLISHED_POINTS, read_reference_points, reference_curves
+
+    names = [method.name for method in methods]
+    if args.anchor is not None and args.anchor not in names:
+        raise ValueError(f"--anchor {args.anchor!r} is none of the methods: {', '.join(dict.fromkeys(names))}")
+    anchor = args.anchor or (names[0] if args.method else None)
+    if not args.reference_points:
+        return anchor, []
+    points = read_reference_points(args.reference_points_file or PUBLISHED_POINTS)
+    reference_curves(points, args.reference_points)  # ValueError naming the datasets there are
+    return anchor, [point for point in points if point.dataset == args.reference_points.lower()]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch  # torch and the metric networks: after --help
 
-    from models.evaluation.job import EvaluationInputs, comparison_summary, evaluate_folder, run_folders, write_run
+    from models.evaluation.job import (EvaluationInputs, bjontegaard_table, comparison_summary, evaluate_folder,
+                                       keep_shared_rows, rate_distortion_curves, run_folders, unshared_images,
+                                       write_run)
     from models.evaluation.metrics import MetricSuite
-    from models.evaluation.report import draw_comparison, print_report
+    from models.evaluation.reference_points import reference_curves
+    from models.evaluation.report import draw_comparison, print_bjontegaard, print_report
     from models.imageio import atomic_write_json
 
     try:
         methods, captions = resolve_inputs(args)
+        anchor, references = resolve_comparison(args, methods)
         config = config_from_args(args)
     except (ValueError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -105,20 +136,29 @@ def main(argv: list[str] | None = None) -> int:
                         has_captions=bool(captions))
     output_dir, truth_dir = Path(args.output_dir), Path(args.ground_truth_path)
     folders = run_folders(methods) if args.method else ["."]
+    left_out = unshared_images(truth_dir, methods, folders) if args.method else [{}]
     runs = []
-    for method, folder in zip(methods, folders):
+    for method, folder, unshared in zip(methods, folders, left_out):
         inputs = EvaluationInputs(truth_dir, method.prediction_dir, method.bitstream_dir,
                                   Path(args.label_path) if args.label_path else None, captions)
-        result = evaluate_folder(suite, config, inputs, description=folder if args.method else "evaluate")
-        write_run(result, output_dir / folder)
-        runs.append((method, result))
-    if args.method:
-        atomic_write_json(output_dir / "summary.json", comparison_summary(truth_dir, runs, folders))
-        draw_comparison(output_dir, truth_dir, runs, config, args.grid_images)
+        runs.append((method, evaluate_folder(suite, config, inputs, description=folder if args.method else "evaluate",
+                                             left_out=unshared)))
     results = [result for _, result in runs]
+    if args.method:
+        keep_shared_rows(results, folders)
+    for folder, result in zip(folders, results):
+        write_run(result, output_dir / folder)
+    bd = {}
+    if args.method:
+        bd = bjontegaard_table(rate_distortion_curves(runs), anchor)
+        atomic_write_json(output_dir / "summary.json", comparison_summary(
+            truth_dir, runs, folders, anchor, bd, [point.to_dict() for point in references]))
+        draw_comparison(output_dir, truth_dir, runs, config, args.grid_images,
+                        reference_curves(references, args.reference_points) if references else None)
     print_report(folders, results, suite.unavailable)
+    print_bjontegaard(bd, anchor)
     print(f"-> {output_dir}")
-    clean = all(not (r.errors or r.missing_predictions or r.unmatched_predictions or r.ambiguous)
+    clean = all(not (r.errors or r.missing_predictions or r.unmatched_predictions or r.ambiguous or r.failures)
                 for r in results)
     return 0 if clean else 1
 

@@ -107,7 +107,9 @@ def time_suite(config: Config, metrics: list[str], pairs: list, device: str) -> 
     suite.reset()
     start = time.perf_counter()
     for truth, prediction, label_map in pairs[1:]:
-        suite.evaluate(ImagePair(truth, prediction, torch.device(device), "a photo", label_map))
+        _, missing = suite.evaluate(ImagePair(truth, prediction, torch.device(device), "a photo", label_map))
+        if missing:  # a timing of a metric that did not run would mean nothing
+            raise RuntimeError(f"missing values: {missing}")
     middle = time.perf_counter()
     suite.dataset_metrics()
     return (len(pairs) - 1) / (middle - start), time.perf_counter() - middle

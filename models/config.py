@@ -128,11 +128,12 @@ class EvaluateConfig:
     """The metric suite (evaluate.py)."""
 
     torch_hub_dir: str | None = path_field(None)  # weights in <dir>/checkpoints/; None: torch's cache
-    clip_model: str = path_field("openai/clip-vit-large-patch14")  # hub id (from the cache) or folder
+    clip_model: str = path_field("openai/clip-vit-large-patch14")  # clip_score: hub id (from the cache) or folder
+    clip_s_model: str = path_field("openai/clip-vit-base-patch32")  # clip_s: Hessel et al.'s CLIP-S model
     lpips_net: str = choice_field("alex", ("alex", "vgg", "squeeze"))  # LPIPS trunk (paper: alex)
     patch_size: int = 256  # FID/KID also on patches of this size (HiFiC protocol); 0 turns that off
     kid_subsets: int = 100  # KID: number of random subsets
-    kid_subset_size: int = 1000  # KID: samples per subset (fewer when there are fewer)
+    kid_subset_size: int = 1000  # KID: samples per subset (a set of no more: one subset of all)
     fid_features: int = choice_field(2048, (64, 192, 768, 2048))  # Inception layer; 2048 (pool3) is standard
     fid_antialias: bool = False  # False: resize to 299 like torch-fidelity/TF, so FIDs compare with papers
     resize_filter: str = choice_field("lanczos", tuple(RESIZE_FILTERS))  # to the truth's size

@@ -28,6 +28,16 @@ def tiny_config(tmp_path_factory) -> Path:
     return build_tiny_components(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
+@pytest.fixture(scope="session")
+def stand_in_hub(tmp_path_factory) -> Path:
+    """Random weights under the real file names and formats (LPIPS-AlexNet, DISTS-VGG, Inception)."""
+    from models.tiny.stand_in_weights import write_random_weights
+
+    hub = tmp_path_factory.mktemp("hub")
+    write_random_weights(hub, ("alexnet", "vgg16", "inception"))
+    return hub
+
+
 @pytest.fixture
 def voc_images(tmp_path) -> Path:
     """A private copy of the 14 VOC sample photos."""

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from models.bitstream import BitstreamError, read_code_file, read_sem
 from models.config import Config
-from models.evaluation.metrics import ImagePair, MetricSuite
+from models.evaluation.bd_rate import BDError, bd_quality, bd_rate
+from models.evaluation.metrics import ImagePair, MetricSuite, SetMetrics
 from models.imageio import RESIZE_FILTERS, ImageReadError, atomic_write_bytes, atomic_write_json, read_rgb, thumbnail
 from models.layout import (SEM_SUFFIX, CaptionIndex, StemIndex, bitstream_index, has_sem_files, index_by_stem,
                            pair_by_stem)
@@ -105,12 +106,17 @@ class RunResult:
     rows: list[dict]
     means: dict[str, float | None]
     dataset: dict[str, float | None]
+    counts: dict[str, int]  # images behind each mean; samples (images or patches) behind FID/KID
+    missing: dict[str, dict[str, str]]  # column -> {image: why it has no value}
+    small_sample: dict[str, str]  # set-level metric -> why its sample is smaller than recommended
     unavailable: dict[str, str]
     notes: dict[str, str]
     errors: dict[str, str]
     missing_predictions: list[str]
     unmatched_predictions: list[str]
     ambiguous: dict[str, list[str]]
+    left_out: dict[str, str] = field(default_factory=dict)  # image -> why it was not compared
+    failures: dict[str, int] = field(default_factory=dict)  # column -> pairs it failed on unforeseen
 
     @property
     def metrics(self) -> dict[str, float | None]:
@@ -118,30 +124,41 @@ class RunResult:
         return {**self.means, **self.dataset}
 
 
-def evaluate_folder(suite: MetricSuite, config: Config, inputs: EvaluationInputs,
-                    progress_bar: bool = True, description: str = "evaluate") -> RunResult:
-    """Every metric of ``suite`` on every valid pair of ``inputs``."""
+def evaluate_folder(suite: MetricSuite, config: Config, inputs: EvaluationInputs, progress_bar: bool = True,
+                    description: str = "evaluate", left_out: dict[str, str] | None = None) -> RunResult:
+    """Every metric of ``suite`` on every valid pair of ``inputs`` but the images in ``left_out``
+    (relative path -> why: not compared with the other methods of a run)."""
     suite.reset()
+    left_out, failures_before = left_out or {}, dict(suite.failures)
     pairing = pair_by_stem(inputs.ground_truth_dir, inputs.prediction_dir)
     labels = label_map_index(inputs.label_dir) if inputs.label_dir else None
     bitstreams = bitstream_index(inputs.bitstream_dir) if inputs.bitstream_dir else None
-    rows, errors, gaps = [], {}, {"bpp": 0, "label map": 0, "caption": 0}
+    rows, errors, missing = [], {}, {}
     for pair in tqdm(pairing.pairs, desc=description, unit="image", disable=not progress_bar):
+        if pair.relpath in left_out:
+            continue
         try:
             truth, prediction = _load_pair(pair.truth, pair.prediction, config)
         except ImageReadError as error:
             errors[str(error.path)] = error.reason
             continue
-        code = _code(labels, pair.key, gaps, errors)
-        caption = _caption(inputs.captions, pair.relpath)
-        gaps["caption"] += bool(inputs.captions) and caption is None
+        code = _code(labels, pair.key, errors)
         label_map, label_set = (code.label_map, code.label_set) if code is not None else (None, None)
-        images = ImagePair(truth, prediction, suite.device, caption, label_map, label_set)
-        row = {"image": pair.relpath, **suite.evaluate(images)}
+        images = ImagePair(truth, prediction, suite.device, _caption(inputs.captions, pair.relpath), label_map,
+                           label_set)
+        values, reasons = suite.evaluate(images)
+        row = {"image": pair.relpath, **values}
         if bitstreams is not None:
-            row["bpp"] = _bpp(bitstreams, pair.key, truth.shape, gaps)
+            row["bpp"] = _bpp(bitstreams, pair.key, truth.shape)
+            if math.isnan(row["bpp"]):
+                reasons["bpp"] = f"no file of this stem in {inputs.bitstream_dir}"
+        for column, reason in reasons.items():
+            missing.setdefault(column, {})[pair.relpath] = reason
         rows.append(row)
-    return _result(suite, inputs, pairing, rows, errors, gaps, bitstreams is not None)
+    result = _result(suite, inputs, pairing, rows, errors, missing, bitstreams is not None, left_out)
+    result.failures = {column: count - failures_before.get(column, 0) for column, count in suite.failures.items()
+                       if count > failures_before.get(column, 0)}
+    return result
 
 
 def _load_pair(truth_path: Path, prediction_path: Path, config: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -162,53 +179,52 @@ def _caption(captions: CaptionIndex, relpath: str) -> str | None:
         return None
 
 
-def _code(labels: StemIndex | None, key: str, gaps: dict, errors: dict) -> SemanticCode | None:
+def _code(labels: StemIndex | None, key: str, errors: dict) -> SemanticCode | None:
     """The transmitted code (label map and its label set) of image ``key``, if there is one."""
-    if labels is None:
-        return None
-    if key not in labels:
-        gaps["label map"] += 1
+    if labels is None or key not in labels:
         return None
     try:
         return read_code_file(labels.files[key])
     except ImageReadError as error:
         errors[error.path] = error.reason
-        gaps["label map"] += 1
         return None
 
 
-def _bpp(bitstreams: StemIndex, key: str, shape: tuple, gaps: dict) -> float:
+def _bpp(bitstreams: StemIndex, key: str, shape: tuple) -> float:
     if key not in bitstreams:
-        gaps["bpp"] += 1
         return math.nan
     height, width = shape[:2]
     return bits_per_pixel(bitstreams.files[key].stat().st_size, width, height)
 
 
 def _result(suite: MetricSuite, inputs: EvaluationInputs, pairing, rows: list[dict], errors: dict,
-            gaps: dict, with_bpp: bool) -> RunResult:
+            missing: dict, with_bpp: bool, left_out: dict[str, str]) -> RunResult:
     columns = suite.columns + (["bpp"] if with_bpp else [])
-    dataset, notes = suite.dataset_metrics() if rows else ({}, {"all": "no valid pairs"})
-    for what, count in gaps.items():
-        if count:
-            notes[what] = f"missing for {count} image(s); their {what}-based metrics are empty"
-    means = {column: _finite_mean([row.get(column, math.nan) for row in rows]) for column in columns}
+    dataset = suite.dataset_metrics() if rows else SetMetrics(notes={"all": "no valid pairs"})
+    means, counts, notes = column_means(rows, columns)
+    counts.update(dataset.samples)
+    notes.update(dataset.notes)
+    return RunResult(inputs, columns, rows, means, {k: _finite(v) for k, v in dataset.values.items()}, counts,
+                     missing, dataset.small_sample, dict(suite.unavailable), notes, errors,
+                     pairing.missing_predictions, pairing.unmatched_predictions, pairing.ambiguous, dict(left_out))
+
+
+def column_means(rows: list[dict], columns: list[str]) -> tuple[dict[str, float | None], dict[str, int], dict]:
+    """Per column: the mean of its finite values, how many there are, and a note on infinite ones."""
+    means, counts, notes = {}, {}, {}
     for column in columns:
-        infinite = sum(math.isinf(row.get(column, math.nan)) for row in rows)
+        values = [row.get(column, math.nan) for row in rows]
+        finite = [value for value in values if math.isfinite(value)]
+        means[column] = float(np.mean(finite)) if finite else None
+        counts[column] = len(finite)
+        infinite = sum(math.isinf(value) for value in values)
         if infinite:  # PSNR of identical images
             notes[column] = f"infinite for {infinite} image(s) (identical pairs), left out of the mean"
-    return RunResult(inputs, columns, rows, means, {k: _finite(v) for k, v in dataset.items()},
-                     dict(suite.unavailable), notes, errors, pairing.missing_predictions,
-                     pairing.unmatched_predictions, pairing.ambiguous)
+    return means, counts, notes
 
 
 def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
-
-
-def _finite_mean(values: list[float]) -> float | None:
-    finite = [value for value in values if math.isfinite(value)]
-    return float(np.mean(finite)) if finite else None
 
 
 def write_run(result: RunResult, output_dir: Path) -> None:
@@ -217,9 +233,16 @@ def write_run(result: RunResult, output_dir: Path) -> None:
     writer = csv.DictWriter(text, fieldnames=["image"] + result.columns, lineterminator="\n")
     writer.writeheader()
     for row in result.rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow({k: _csv_value(v) for k, v in row.items()})
     atomic_write_bytes(output_dir / "metrics.csv", text.getvalue().encode("utf-8"))
     atomic_write_json(output_dir / "summary.json", summary(result))
+
+
+def _csv_value(value):
+    """Floats with 6 significant digits; a missing value (NaN) as an empty cell."""
+    if not isinstance(value, float):
+        return value
+    return "" if math.isnan(value) else f"{value:.6g}"
 
 
 def summary(result: RunResult) -> dict:
@@ -231,12 +254,17 @@ def summary(result: RunResult) -> dict:
         "bitstream_dir": str(inputs.bitstream_dir) if inputs.bitstream_dir else None,
         "num_pairs": len(result.rows),
         "metrics": result.metrics,
+        "counts": result.counts,
+        "small_sample": result.small_sample,
+        "missing": {column: {"count": len(images), "images": images} for column, images in result.missing.items()},
+        "failures": result.failures,
         "unavailable": result.unavailable,
         "notes": result.notes,
         "errors": result.errors,
         "missing_predictions": result.missing_predictions,
         "unmatched_predictions": result.unmatched_predictions,
         "ambiguous": result.ambiguous,
+        "left_out": result.left_out,
     }
 
 
@@ -279,6 +307,43 @@ def run_folders(methods: list[MethodSpec]) -> list[str]:
     return folders
 
 
+def unshared_images(ground_truth_dir: Path, methods: list[MethodSpec], folders: list[str]) -> list[dict[str, str]]:
+    """Per method, the ground truths it has a prediction for that another method lacks (relative
+    path -> why): the methods of a run are compared on the images all of them have."""
+    paired = [{pair.relpath for pair in pair_by_stem(ground_truth_dir, method.prediction_dir).pairs}
+              for method in methods]
+    shared = set.intersection(*paired)
+    return [{relpath: "no prediction in " + ", ".join(f for f, other in zip(folders, paired) if relpath not in other)
+             for relpath in sorted(images - shared)} for images in paired]
+
+
+def keep_shared_rows(runs: list[RunResult], folders: list[str]) -> None:
+    """Restrict every run's rows and means to the images every run scored (an image unreadable
+    in one method leaves the others too); set-level metrics cannot be restricted and say so."""
+    scored = [{row["image"] for row in result.rows} for result in runs]
+    shared = set.intersection(*scored) if scored else set()
+    for result, images in zip(runs, scored):
+        dropped = sorted(images - shared)
+        if not dropped:
+            continue
+        for relpath in dropped:
+            result.left_out[relpath] = "not scored in " + ", ".join(
+                f for f, other in zip(folders, scored) if relpath not in other)
+        result.rows = [row for row in result.rows if row["image"] in shared]
+        means, counts, notes = column_means(result.rows, result.columns)
+        result.means.update(means)
+        result.counts.update(counts)
+        for column in result.columns:
+            result.notes.pop(column, None)
+        result.notes.update(notes)
+        result.missing = {column: {relpath: reason for relpath, reason in by_image.items() if relpath in shared}
+                          for column, by_image in result.missing.items()}
+        for name in result.dataset:
+            if not name.endswith("_std"):
+                result.notes[name] = (f"computed on all {len(images)} evaluated images, {len(dropped)} more than the "
+                                      f"{len(shared)} every method scored (set-level, not recomputed)")
+
+
 def rate_distortion_curves(runs: list[tuple[MethodSpec, RunResult]]) -> dict[str, list]:
     """Per method, its operating points (mean bpp, metrics); runs without a rate are left out."""
     curves: dict[str, list] = {}
@@ -289,13 +354,41 @@ def rate_distortion_curves(runs: list[tuple[MethodSpec, RunResult]]) -> dict[str
     return curves
 
 
-def comparison_summary(ground_truth_dir: Path, runs: list[tuple[MethodSpec, RunResult]],
-                       folders: list[str]) -> dict:
-    """The JSON-ready summary of a multi-method evaluation."""
+BD_METRICS = ("psnr", "ms_ssim", "lpips", "dists", "fid", "fid_patch")  # Bjøntegaard deltas for these
+
+
+def bjontegaard_table(curves: dict[str, list], anchor: str) -> dict[str, dict[str, dict]]:
+    """``{metric: {method: {"bd_rate": percent, "bd_quality": delta}}}`` of every method's curve
+    against ``anchor``'s, for the ``BD_METRICS`` the anchor has; a delta that cannot be computed
+    is None, with the reason under ``"bd_rate_why"`` or ``"bd_quality_why"``."""
+    table: dict[str, dict[str, dict]] = {}
+    for metric in BD_METRICS:
+        anchor_curve = [(bpp, values.get(metric)) for bpp, values in curves.get(anchor, [])]
+        if not any(value is not None for _, value in anchor_curve):
+            continue
+        table[metric] = {}
+        for method, points in curves.items():
+            curve = [(bpp, values.get(metric)) for bpp, values in points]
+            entry = table[metric][method] = {}
+            for name, delta in (("bd_rate", bd_rate), ("bd_quality", bd_quality)):
+                try:
+                    entry[name] = delta(anchor_curve, curve)
+                except BDError as error:
+                    entry[name], entry[name + "_why"] = None, str(error)
+    return table
+
+
+def comparison_summary(ground_truth_dir: Path, runs: list[tuple[MethodSpec, RunResult]], folders: list[str],
+                       anchor: str | None = None, bd: dict | None = None, references: list | None = None) -> dict:
+    """The JSON-ready summary of a multi-method evaluation (with its Bjøntegaard table and the
+    published points drawn beside it)."""
     return {
         "ground_truth_path": str(ground_truth_dir),
         "runs": [{"method": method.name, "folder": folder, **summary(result)}
                  for (method, result), folder in zip(runs, folders)],
+        "bd_anchor": anchor,
+        "bd": bd or {},
+        "reference_points": references or [],  # the published points drawn on the plots
     }
 
 

@@ -18,40 +18,61 @@ METRIC_LABELS = {
     "dists": "DISTS ↓", "clip_score": "CLIP score ↑", "sem_miou": "semantic mIoU ↑",
     "sem_pixel_accuracy": "semantic pixel accuracy ↑", "fid": "FID ↓", "kid": "KID ↓",
     "fid_patch": "FID on patches ↓", "kid_patch": "KID on patches ↓",
-    "sem_miou_dataset": "semantic mIoU (set) ↑",
+    "sem_miou_dataset": "semantic mIoU (set) ↑", "clip_s": "CLIP-S ↑",
 }
+
+REFERENCE_MARKERS = ("s", "^", "D", "v", "P", "X", "*")  # published points, one per method
 
 # One operating point: (bits per pixel, {metric: value}).
 Point = tuple[float, dict[str, float | None]]
 
 
 def plot_rate_distortion(curves: dict[str, list[Point]], metric: str, path: str | Path | None = None,
-                         axis=None) -> None:
-    """``metric`` against bpp, one line per method (points sorted by rate)."""
+                         axis=None, references: dict[str, list[Point]] | None = None) -> None:
+    """``metric`` against bpp, one line per method (points sorted by rate), and the published
+    ``references`` as unconnected markers; the rate axis is logarithmic when it spans more than
+    a factor of 20."""
     own_figure = axis is None
     if own_figure:
         figure, axis = plt.subplots(figsize=(5, 3.6), dpi=100)
+    rates_drawn = []
     for method, points in curves.items():
-        usable = sorted((bpp, values[metric]) for bpp, values in points
-                        if values.get(metric) is not None and math.isfinite(bpp))
+        usable = _usable(points, metric)
         if usable:
             rates, values = zip(*usable)
             axis.plot(rates, values, marker="o", markersize=4, label=method)
+            rates_drawn += rates
+    for index, (method, points) in enumerate((references or {}).items()):
+        usable = _usable(points, metric)
+        if usable:
+            rates, values = zip(*usable)
+            axis.plot(rates, values, linestyle="none", marker=REFERENCE_MARKERS[index % len(REFERENCE_MARKERS)],
+                      markersize=6, markerfacecolor="none", color="0.35", label=f"{method} (published)")
+            rates_drawn += rates
+    if rates_drawn and max(rates_drawn) > 20 * min(rates_drawn):
+        axis.set_xscale("log")
     axis.set_xlabel("bits per pixel")
     axis.set_ylabel(METRIC_LABELS.get(metric, metric))
     axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7 if references else 8)
     if own_figure:
+        figure.tight_layout()
         _save(figure, path)
 
 
-def plot_rate_distortion_panels(curves: dict[str, list[Point]], metrics: list[str], path: str | Path) -> None:
+def _usable(points: list[Point], metric: str) -> list[tuple[float, float]]:
+    return sorted((bpp, values[metric]) for bpp, values in points
+                  if values.get(metric) is not None and math.isfinite(bpp) and bpp > 0)
+
+
+def plot_rate_distortion_panels(curves: dict[str, list[Point]], metrics: list[str], path: str | Path,
+                                references: dict[str, list[Point]] | None = None) -> None:
     """One panel per metric in a single figure."""
     columns = min(3, len(metrics))
     rows = math.ceil(len(metrics) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), dpi=100, squeeze=False)
     for axis, metric in zip(axes.flat, metrics):
-        plot_rate_distortion(curves, metric, axis=axis)
+        plot_rate_distortion(curves, metric, axis=axis, references=references)
     for axis in list(axes.flat)[len(metrics):]:
         axis.set_visible(False)
     figure.tight_layout()

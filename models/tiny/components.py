@@ -220,7 +220,7 @@ def build_tiny_components(output_dir: str | Path, seed: int = 0, segmenter: str 
     config.diffusion.resolution = RESOLUTION
     config.encode.batch_size = 4
     config.encode.num_workers = 0
-    config.evaluate.clip_model = str(build_clip(output_dir))
+    config.evaluate.clip_model = config.evaluate.clip_s_model = str(build_clip(output_dir))
     config.train.batch_size = 2
     config.train.num_workers = 0
     config.train.num_validation_images = 2
