@@ -1,4 +1,8 @@
-"""The .sem format: exact round trips, the rates the issues ask for, label sets, the upsampling rule."""
+"""The .sem format: exact round trips, the rates the issues ask for, label sets, the grid rules."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +12,8 @@ from PIL import Image
 
 from models.bitstream import (caption_coder, decode_caption, decode_code, encode_caption, encode_code, inspect_code,
                               read_code_file, read_sem, write_sem)
-from models.bitstream.grid import grid_shape, upsample_label_map
+from models.bitstream import grid as compact_grid
+from models.bitstream.grid import downsample_label_map, grid_shape, upsample_label_map
 from models.bitstream.sem_file import SET_IDS
 from models.layout import write_label_set
 from models.palettes import ADE20K, LABEL_SETS, VOID_LABEL
@@ -163,8 +168,6 @@ def test_write_and_read_sem_files(tmp_path, masks):
 
 
 def test_upsampling_in_strips_equals_one_pass(monkeypatch):
-    import models.bitstream.grid as compact_grid
-
     grid = np.random.default_rng(0).integers(0, 5, (12, 17)).astype(np.uint8)
     whole = compact_grid.upsample_label_map(grid, 203, 141)
     monkeypatch.setattr(compact_grid, "UPSAMPLE_STRIP_PIXELS", 450)  # strips of 2 rows
@@ -255,3 +258,65 @@ def test_a_label_map_png_is_read_with_its_folders_label_set(tmp_path):
     write_label_set(tmp_path, ADE20K)
     code = read_code_file(tmp_path / "map.png")
     assert code.label_set == "ade20k" and np.array_equal(code.label_map, label_map) and code.caption == ""
+
+
+def majority_per_cell(label_map: np.ndarray, grid_width: int, grid_height: int, void_label: int | None) -> np.ndarray:
+    """The encoder's vote written out cell by cell (docs/bitstream.md, "Compact mode")."""
+    height, width = label_map.shape
+    cell_rows, cell_cols = np.arange(height) * grid_height // height, np.arange(width) * grid_width // width
+    grid_map = np.zeros((grid_height, grid_width), dtype=np.uint8)
+    for row in range(grid_height):
+        for column in range(grid_width):
+            cell = label_map[cell_rows == row][:, cell_cols == column].ravel()
+            counts = np.bincount(cell[cell != void_label] if void_label is not None else cell, minlength=256)
+            grid_map[row, column] = np.argmax(counts) if counts.any() else void_label
+    return grid_map
+
+
+@pytest.mark.parametrize("strip_entries", [1, 50, 1 << 18])
+def test_the_encoders_vote_is_a_majority_per_cell_whatever_the_strips(monkeypatch, strip_entries):
+    monkeypatch.setattr(compact_grid, "DOWNSAMPLE_STRIP_ENTRIES", strip_entries)
+    rng = np.random.default_rng(strip_entries)
+    for height, width, grid in ((37, 53, 9), (5, 80, 7), (64, 3, 64), (20, 20, 1)):
+        label_map = rng.choice(np.array([0, 4, 15, 255], np.uint8), size=(height, width), p=[0.3, 0.2, 0.2, 0.3])
+        label_map[:4, :4] = 255  # an all-void cell at grid 9
+        for void_label in (None, 255):
+            grid_size = grid_shape(width, height, grid)
+            np.testing.assert_array_equal(downsample_label_map(label_map, *grid_size, void_label),
+                                          majority_per_cell(label_map, *grid_size, void_label))
+
+
+def test_void_wins_a_cell_only_when_the_whole_cell_is_void():
+    """Even in a cell of more than a million pixels (the vote once weighted void by 1e-6 per pixel)."""
+    label_map = np.full((1100, 1000), VOID_LABEL, dtype=np.uint8)
+    label_map[500, 500] = 3
+    assert np.all(decode_code(encode_code(SemanticCode(label_map, ""), grid=1)).label_map == 3)
+
+
+ENCODE_UNDER_A_MEMORY_CAP = """
+import resource, tracemalloc
+import numpy as np
+from models.bitstream import encode_code
+from models.bitstream.grid import downsample_label_map, grid_shape
+from models.semantic_code import SemanticCode
+
+label_map = np.zeros((3000, 4000), dtype=np.uint8)  # 12 MB: two regions and a band of void
+label_map[:, 1500:] = 15
+label_map[1000:1010] = 255
+encode_code(SemanticCode(label_map[990:1020, :40], ""))  # load the compiled coder before measuring
+address_space = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (address_space + 2**30,) * 2)
+tracemalloc.start()
+encode_code(SemanticCode(label_map, ""), grid=4000)
+downsample_label_map(label_map, *grid_shape(4000, 3000, 3999), 255)  # the vote, on 4 pixels per 3 cells
+print(tracemalloc.get_traced_memory()[1])
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc and caps the address space")
+def test_compact_encoding_memory_is_bounded_by_the_map_not_the_grid():
+    """A 4000x3000 map at grid 4000 and 3999: a few bytes per pixel, not 256 counts per cell (23 GB)."""
+    result = subprocess.run([sys.executable, "-c", ENCODE_UNDER_A_MEMORY_CAP], capture_output=True, text=True,
+                            check=False, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert int(result.stdout.split()[-1]) <= 4 * 3000 * 4000 + 16 * 2**20  # bytes

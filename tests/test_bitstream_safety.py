@@ -1,4 +1,5 @@
-"""Bad .sem files: every one raises BitstreamError with a clear message, quickly."""
+"""Bad .sem files: every one raises BitstreamError with a clear message, quickly; and every content
+has one file: each other encoding of it (non-canonical form) is refused."""
 
 import zlib
 
@@ -7,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.bitstream import BitstreamError, decode_code, encode_code, inspect_code, label_map_coder
+from models.bitstream import (BitstreamError, caption_coder, decode_code, encode_caption, encode_code, inspect_code,
+                              label_map_coder)
 from models.bitstream.sem_file import MAX_SIDE, _varint
 from models.semantic_code import SemanticCode
 
@@ -55,13 +57,14 @@ def test_wrong_magic_and_unknown_version():
         decode_code(b"")
 
 
-def test_version_2_reads_every_version_1_file():
-    """Version 2 is version 1 plus label sets: a version-1 file marked as version 2 means the same."""
-    data = small_file(grid=6)
-    relabelled = decode_code(with_crc(data[:3] + b"\x02" + data[4:-4]))
-    original = decode_code(data)
-    assert np.array_equal(relabelled.label_map, original.label_map)
-    assert (relabelled.caption, relabelled.seed, relabelled.label_set) == ("a person in a room", 9, "voc")
+@pytest.mark.parametrize("label_set", ["voc", "uint8"])
+def test_a_version_above_the_lowest_that_holds_the_label_set_is_refused(label_set):
+    """VOC and uint8 files are version 1; the same bytes marked as version 2 are a second file of one content."""
+    data = small_file(grid=6) if label_set == "voc" else encode_code(
+        SemanticCode(np.arange(12, dtype=np.uint8).reshape(3, 4), "", label_set="uint8"))
+    assert data[3] == 1
+    with pytest.raises(BitstreamError, match="non-canonical version 2 \\(files of label set id [01] are version 1"):
+        decode_code(with_crc(data[:3] + b"\x02" + data[4:-4]))
 
 
 @pytest.mark.parametrize("label_set", list(THIRD_LABEL))
@@ -100,7 +103,8 @@ def test_every_single_bit_flip_is_caught(grid, label_set):
     (header(10, 10, flags=0x20), "invalid flags"),
     (header(10, 10, labels=(0, 200), flags=0x30) + b"\x03abc", "invalid flags"),
     (header(10, 10, flags=0x40, version=2), "invalid flags"),
-    (header(10, 10, labels=(0, 21), version=2), "invalid label list"),
+    (header(10, 10, labels=(0, 21), version=2), "non-canonical version 2"),
+    (header(10, 10, labels=(0, 0, 15)), "invalid label list .*not ascending"),
     (header(10, 10, labels=(0, 151), flags=0x20, version=2), "invalid label list .*151"),
     (header(10, 10, labels=(0, 255), flags=0x20, version=2), "invalid label list .*255"),
     (header(10, 10, labels=(7, 3), flags=0x30, version=2) + b"\x01a", "invalid label list"),
@@ -132,6 +136,109 @@ def test_label_map_data_that_decodes_to_an_impossible_label():
         decode_code(with_crc(header(4, 4, labels=(0, 1, 2)) + b"\x01" + b"\x00" * 15))
 
 
+# small_file's one-byte numbers: (compact grid, offset, field name in the error, value).
+SMALL_FILE_NUMBERS = [(None, 5, "width", 20), (None, 6, "height", 12), (8, 7, "grid size", 8),
+                      (None, 11, "seed", 9), (None, 12, "caption length", 6)]
+
+
+def rebuilt(data: bytes, start: int, end: int, replacement: bytes) -> bytes:
+    """``data`` with bytes ``start..end-1`` replaced and its CRC-32 recomputed."""
+    return with_crc(data[:start] + replacement + data[end:-4])
+
+
+@pytest.mark.parametrize("grid, offset, field, value", SMALL_FILE_NUMBERS)
+@pytest.mark.parametrize("length", [2, 10])
+def test_overlong_numbers_are_refused(grid, offset, field, value, length):
+    """A LEB128 number padded with groups of zero bits (ending in a 0x00 byte) means the same number."""
+    data = small_file(grid)
+    assert data[offset] == value
+    overlong = bytes([value | 0x80]) + b"\x80" * (length - 2) + b"\x00"
+    with pytest.raises(BitstreamError, match=f"non-canonical {field} \\(an overlong number"):
+        decode_code(rebuilt(data, offset, offset + 1, overlong))
+
+
+@pytest.mark.parametrize("grid", [None, 8])
+@pytest.mark.parametrize("tail, reason", [(b"\x00", "it ends in a zero byte"), (b"\x01" * 6, "bytes after its end"),
+                                          (b"\x01", "its last bytes are not the ones the encoder writes")])
+def test_bytes_after_the_map_code_are_refused(grid, tail, reason):
+    data = small_file(grid)
+    with pytest.raises(BitstreamError, match=f"non-canonical label map code \\({reason}"):
+        decode_code(with_crc(data[:-4] + tail))
+
+
+@pytest.mark.parametrize("grid", [None, 8])
+def test_a_changed_last_byte_of_the_map_code_is_refused(grid):
+    """One more than the last byte still lies in the final interval: the same map, another file."""
+    data = bytearray(small_file(grid)[:-4])
+    data[-1] += 1
+    with pytest.raises(BitstreamError, match="non-canonical label map code \\(its last bytes"):
+        decode_code(with_crc(bytes(data)))
+
+
+@pytest.mark.parametrize("grid", [None, 8])
+def test_a_listed_label_that_never_occurs_in_the_map_is_refused(grid):
+    """The label list is the set of labels of the coded map (the grid map in compact mode)."""
+    height, width = (12, 20) if grid is None else (5, 8)
+    indices = np.zeros((height, width), dtype=np.uint8)
+    indices[1:4, 2:6] = 2  # labels (0, 15, 255) listed, 15 (index 1) never used
+    body = header(20, 12, labels=(0, 15, 255), flags=0x01 if grid else 0, grid=grid)
+    with pytest.raises(BitstreamError, match="non-canonical label list \\(labels \\[15\\] never occur"):
+        decode_code(with_crc(body + label_map_coder.encode_indices(indices, 3)))
+
+
+def test_a_label_that_only_upsampling_loses_is_listed():
+    """A grid label the bilinear vote outvotes at every pixel still occurs in the coded map: valid."""
+    label_map = np.ones((4, 4), dtype=np.uint8)
+    label_map[2, 2] = 2  # the centre cell of a 3x3 grid
+    data = encode_code(SemanticCode(label_map, ""), grid=3)
+    assert inspect_code(data).labels == (1, 2)
+    assert np.all(decode_code(data).label_map == 1)
+
+
+def word_code(tokens: list[tuple[int, str]]) -> bytes:
+    """A caption's word code from tokens of our choosing, as a writer that splits text its own way."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(caption_coder, "_caption_tokens", lambda caption: [*tokens, (caption_coder.END, "")])
+        return caption_coder.encode_caption_words("")
+
+
+def word(text: str) -> tuple[int, str]:
+    """The token of a vocabulary word."""
+    return caption_coder.NUM_SPECIALS + caption_coder._vocabulary()[0][text], ""
+
+
+@pytest.mark.parametrize("payload", [
+    pytest.param(lambda: word_code([word("in"), word("to")]), id="into-as-two-words"),
+    pytest.param(lambda: word_code([(caption_coder.ESCAPE, "a"), (caption_coder.SPACE, ""), word("room")]),
+                 id="a-word-escaped"),
+    pytest.param(lambda: word_code([(caption_coder.ESCAPE, "A"), (caption_coder.SPACE, ""), word("room")]),
+                 id="a-capital-escaped"),
+    pytest.param(lambda: caption_coder.encode_caption_words("Q"), id="not-shorter-than-utf8"),
+    pytest.param(lambda: encode_caption("into")[1] + b"\x01", id="a-byte-after-the-code"),
+])
+def test_non_canonical_caption_codes_are_refused(payload):
+    payload = payload()
+    body = header(4, 4, labels=(3,), flags=0x08) + _varint(len(payload)) + payload  # caption coder 2
+    with pytest.raises(BitstreamError, match="non-canonical caption code"):
+        decode_code(with_crc(body))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 9), st.integers(2, 5), st.integers(0, 2**32), st.binary(max_size=3),
+       st.integers(-2, 0))
+def test_a_label_map_code_decodes_only_if_it_is_the_encoders(height, width, num_labels, seed, tail, cut):
+    """Whatever the last bytes of a code, decoding it succeeds only where encoding gives it back."""
+    indices = np.random.default_rng(seed).integers(0, num_labels, (height, width)).astype(np.uint8)
+    code = label_map_coder.encode_indices(indices, num_labels)
+    payload = code[:len(code) + cut] + tail if cut else code + tail
+    try:
+        decoded = label_map_coder.decode_indices(payload, height, width, num_labels)
+    except BitstreamError as error:
+        assert str(error)
+        return
+    assert label_map_coder.encode_indices(decoded, num_labels) == payload
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_fuzz_mutated_files_with_a_valid_crc(data):
@@ -147,14 +254,17 @@ def test_fuzz_mutated_files_with_a_valid_crc(data):
             original.insert(position, data.draw(st.integers(0, 255)))
         elif len(original) > 1:
             del original[position]
+    mutated = with_crc(bytes(original))
     try:
-        code = decode_code(with_crc(bytes(original)))
+        code = decode_code(mutated)
     except BitstreamError as error:
         assert str(error)
         return
-    info = inspect_code(with_crc(bytes(original)))
+    info = inspect_code(mutated)
     assert code.label_map.shape == (info.height, info.width)
     assert set(np.unique(code.label_map)) <= set(info.labels)
+    if info.grid is None and encode_caption(code.caption)[0] == info.caption_coder:
+        assert encode_code(code) == mutated  # one content, one file (UTF-8 captions aside: see the spec)
 
 
 @settings(max_examples=200, deadline=None)

@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 
 from models.bitstream.errors import BitstreamError
-from models.bitstream.range_coder import BitReader, BitWriter
+from models.bitstream.range_coder import BitReader, BitWriter, check_code_end
 
 CAPTION_NONE, CAPTION_UTF8, CAPTION_WORDS = 0, 1, 2  # caption coder ids (flags bits 2-3)
 MAX_CAPTION_BYTES = 65_535  # longest caption, in UTF-8 bytes
@@ -181,6 +181,7 @@ def decode_caption_words(payload: bytes) -> str:
     while True:
         token = reader.symbol(trees[state], TOKEN_BITS)
         if token == END:
+            check_code_end(reader.data, reader.state, "caption code")
             return "".join(pieces)
         if state == AFTER_CAPITAL and token < NUM_SPECIALS:
             raise BitstreamError("corrupted caption (a capital mark not followed by a word)")
@@ -229,7 +230,7 @@ def encode_caption(caption: str) -> tuple[int, bytes]:
 
 
 def decode_caption(coder: int, payload: bytes) -> str:
-    """Inverse of ``encode_caption``."""
+    """Inverse of ``encode_caption``; a word code must be the one ``encode_caption`` writes."""
     if coder == CAPTION_NONE:
         return ""
     if coder == CAPTION_UTF8:
@@ -240,4 +241,7 @@ def decode_caption(coder: int, payload: bytes) -> str:
     if not word_model_available():
         raise BitstreamError("the caption uses the wordfreq English word model, but the installed "
                              "wordfreq data differs; install wordfreq 3.1")
-    return decode_caption_words(payload)
+    caption = decode_caption_words(payload)
+    if encode_caption(caption) != (CAPTION_WORDS, payload):  # other tokens, or not shorter than UTF-8
+        raise BitstreamError("non-canonical caption code (the encoder codes this caption otherwise)")
+    return caption

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 UPSAMPLE_STRIP_PIXELS = 1 << 20  # compact-mode upsampling works on strips of about this many pixels
+DOWNSAMPLE_STRIP_ENTRIES = 1 << 18  # the encoder's vote takes strips of about this many pixels and label counts
 
 
 def grid_shape(width: int, height: int, grid: int) -> tuple[int, int]:
@@ -76,13 +77,53 @@ def _vote(grid_map: np.ndarray, rows_before: np.ndarray, rows_after: np.ndarray,
 def downsample_label_map(label_map: np.ndarray, grid_width: int, grid_height: int,
                          void_label: int | None) -> np.ndarray:
     """The most frequent label of each grid cell, ignoring ``void_label`` (the label set's void, e.g.
-    VOC's 255; None: nothing) unless a cell is all void."""
+    VOC's 255; None: nothing) unless a cell is all void; ties go to the smaller label."""
     height, width = label_map.shape
+    if (grid_width, grid_height) == (width, height):
+        return np.asarray(label_map, dtype=np.uint8)  # one pixel per cell: the grid is the map
+    labels = distinct_labels(label_map)  # (K,) ascending
     cell_rows = (np.arange(height) * grid_height) // height
     cell_cols = (np.arange(width) * grid_width) // width
-    cells = (cell_rows[:, None] * grid_width + cell_cols[None, :]).ravel()
-    values = label_map.ravel().astype(np.int64)
-    weights = np.ones(values.shape) if void_label is None else (values != void_label) * 1.0
-    counts = np.bincount(cells * 256 + values, weights=weights + 1e-6,
-                         minlength=grid_width * grid_height * 256)
-    return np.argmax(counts.reshape(grid_height, grid_width, 256), axis=2).astype(np.uint8)
+    grid_map = np.empty((grid_height, grid_width), dtype=np.uint8)
+    strip = max(1, DOWNSAMPLE_STRIP_ENTRIES // (grid_width * len(labels)))  # cell rows per strip
+    for top in range(0, grid_height, strip):
+        bottom = min(grid_height, top + strip)
+        votes = _strip_votes(label_map, labels, cell_rows, cell_cols, top, bottom)
+        grid_map[top:bottom] = _majority(votes, labels, void_label)
+    return grid_map
+
+
+def distinct_labels(label_map: np.ndarray) -> np.ndarray:
+    """The distinct labels of a uint8 map, ascending (counted in strips: no copy of the map)."""
+    counts = np.zeros(256, dtype=np.int64)
+    step = max(1, DOWNSAMPLE_STRIP_ENTRIES // label_map.shape[1])
+    for top in range(0, label_map.shape[0], step):
+        counts += np.bincount(label_map[top:top + step].ravel(), minlength=256)
+    return np.flatnonzero(counts)
+
+
+def _strip_votes(label_map: np.ndarray, labels: np.ndarray, cell_rows: np.ndarray,
+                 cell_cols: np.ndarray, top: int, bottom: int) -> np.ndarray:
+    """(bottom - top, grid width, K) pixel counts of each label in grid rows ``top..bottom-1``."""
+    grid_width, num_labels = int(cell_cols[-1]) + 1, len(labels)
+    label_index = np.zeros(256, dtype=np.int64)
+    label_index[labels] = np.arange(num_labels)
+    votes = np.zeros((bottom - top) * grid_width * num_labels, dtype=np.int64)
+    first, last = np.searchsorted(cell_rows, [top, bottom])  # the pixel rows of these cells
+    step = max(1, DOWNSAMPLE_STRIP_ENTRIES // label_map.shape[1])
+    for row in range(first, last, step):
+        rows = slice(row, min(last, row + step))
+        cells = (cell_rows[rows, None] - top) * grid_width + cell_cols[None, :]  # (r, W)
+        keys = cells * num_labels + label_index[label_map[rows]]  # (r, W)
+        votes += np.bincount(keys.ravel(), minlength=votes.size)
+    return votes.reshape(bottom - top, grid_width, num_labels)
+
+
+def _majority(votes: np.ndarray, labels: np.ndarray, void_label: int | None) -> np.ndarray:
+    """The label with the most votes per cell (ties: the smaller label); void only in all-void cells."""
+    is_void = labels == void_label  # all False when the set has no void
+    votes[..., is_void] = 0
+    grid_map = labels[np.argmax(votes, axis=2)].astype(np.uint8)  # (rows, grid width)
+    if is_void.any():
+        grid_map[votes.max(axis=2) == 0] = void_label
+    return grid_map

@@ -23,7 +23,8 @@ import numpy as np
 from numba import njit
 
 from models.bitstream.errors import BitstreamError
-from models.bitstream.range_coder import decode_bit, encode_bit, finish_encoder, new_encoder, start_decoder
+from models.bitstream.range_coder import (check_code_end, decode_bit, encode_bit, finish_encoder, new_encoder,
+                                          start_decoder)
 
 STRETCH_MAX = 3071  # logit domain in units of 1/256: logits up to +-12
 NUM_MODELS = 7  # context models mixed per decision
@@ -199,7 +200,8 @@ def _code_labels(grid: np.ndarray, num_labels: int, decoding: bool, data: np.nda
                  squash: np.ndarray, stretch: np.ndarray, reciprocal: np.ndarray) -> tuple:
     """Encode the label indices in the padded ``grid``, or decode ``data`` into it.
 
-    Returns (payload, status); status 1 means the data decoded to an impossible label.
+    Returns (payload, status, coder state); status 1 means the data decoded to an impossible
+    label; the state is the decoder's after the last pixel (``range_coder.check_code_end``).
     """
     rows, cols = grid.shape[0] - 2, grid.shape[1] - 2 * PAD
     probs, counts, weights, apm, escape = _new_model(squash)
@@ -236,10 +238,10 @@ def _code_labels(grid: np.ndarray, num_labels: int, decoding: bool, data: np.nda
             if found < 0:
                 found, out = _code_escape(value, depth, escape, decoding, enc, out, dec, data)
                 if decoding and (found >= num_labels or found in cands[:count]):
-                    return out[:0], 1  # an escape never names a neighbour's label
+                    return out[:0], 1, dec  # an escape never names a neighbour's label
             grid[r, c] = found
             run = run + 1 if grid[r, c - 1] == found else 0
-    return (out[:0] if decoding else finish_encoder(enc, out)), 0
+    return (out[:0] if decoding else finish_encoder(enc, out)), 0, dec
 
 
 def _padded(height: int, width: int) -> np.ndarray:
@@ -253,18 +255,19 @@ def encode_indices(indices: np.ndarray, num_labels: int) -> bytes:
         return b""
     grid = _padded(*indices.shape)
     grid[2:, PAD:-PAD] = indices
-    payload, _ = _code_labels(grid, num_labels, False, np.zeros(0, dtype=np.uint8),
-                              *_logistic_tables())
+    payload, _, _ = _code_labels(grid, num_labels, False, np.zeros(0, dtype=np.uint8),
+                                 *_logistic_tables())
     return payload.tobytes()
 
 
 def decode_indices(payload: bytes, height: int, width: int, num_labels: int) -> np.ndarray:
-    """Inverse of ``encode_indices``: the (H, W) uint8 index map."""
+    """Inverse of ``encode_indices``: the (H, W) uint8 index map of a payload it could have written."""
     if num_labels <= 1:
         return np.zeros((height, width), dtype=np.uint8)
     grid = _padded(height, width)
     data = np.frombuffer(payload, dtype=np.uint8)
-    _, status = _code_labels(grid, num_labels, True, data, *_logistic_tables())
+    _, status, decoder = _code_labels(grid, num_labels, True, data, *_logistic_tables())
     if status:
         raise BitstreamError("corrupted label map data (decodes to an impossible label)")
+    check_code_end(data, decoder, "label map code")
     return grid[2:, PAD:-PAD].astype(np.uint8)

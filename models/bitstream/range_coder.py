@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from models.bitstream.errors import BitstreamError
+
 TOP = 1 << 24  # renormalise when the range falls below this
 PROB_BITS = 16
 
@@ -129,6 +131,25 @@ def decode_bit(state: np.ndarray, data: np.ndarray, p1: int) -> int:
         state[1] <<= 8
         state[0] = ((state[0] << 8) | _next_byte(state, data)) & 0xFFFFFFFF
     return bit
+
+
+def check_code_end(data: np.ndarray, state: np.ndarray, what: str) -> None:
+    """Refuse ``data`` unless it is exactly what ``finish_encoder`` writes for the bits decoded so far."""
+    # Unless the first four bytes are all 0xFF (no encoder writes them), the decoder keeps
+    # code = stream - low with 0 <= code < range in the window of the last four bytes it read. So
+    # the stream equals the encoder's final value exactly when code is the distance from low to
+    # the value finish_encoder picks; the data is then the encoder's code if it stops where the
+    # decoder stopped reading and does not end in a zero byte (the encoder drops those).
+    code, range_, position = (int(value) for value in state[:3])
+    if data.shape[0] > position:
+        raise BitstreamError(f"non-canonical {what} (bytes after its end)")
+    if data.shape[0] and data[-1] == 0:
+        raise BitstreamError(f"non-canonical {what} (it ends in a zero byte, which the encoder drops)")
+    window = int.from_bytes(bytes(data[position - 4: position]).ljust(4, b"\0"), "big")
+    low = (window - code) % (1 << 32)
+    distance = next(-low % (1 << shift) for shift in (32, 24, 16, 8, 0) if -low % (1 << shift) < range_)
+    if code != distance or bytes(data[:4]) == b"\xff" * 4:
+        raise BitstreamError(f"non-canonical {what} (its last bytes are not the ones the encoder writes)")
 
 
 class BitWriter:

@@ -20,7 +20,7 @@ import numpy as np
 from models.bitstream.caption_coder import (CAPTION_NONE, CAPTION_WORDS, MAX_CAPTION_BYTES, decode_caption,
                                             encode_caption)
 from models.bitstream.errors import BitstreamError
-from models.bitstream.grid import downsample_label_map, grid_shape, upsample_label_map
+from models.bitstream.grid import distinct_labels, downsample_label_map, grid_shape, upsample_label_map
 from models.bitstream.label_map_coder import decode_indices, encode_indices
 from models.imageio import DEFAULT_MAX_PIXELS, ImageReadError, atomic_write_bytes, read_label_map
 from models.layout import SEM_SUFFIX, find_label_set
@@ -113,6 +113,8 @@ class _Reader:
             byte = self.take(1, what)[0]
             value |= (byte & 0x7F) << shift
             if not byte & 0x80:
+                if shift and not byte:
+                    raise BitstreamError(f"non-canonical {what} (an overlong number: it ends in a zero byte)")
                 break
         else:
             raise BitstreamError(f"invalid {what} (a number longer than 10 bytes)")
@@ -128,7 +130,7 @@ def _label_set_id(code: SemanticCode) -> tuple[int, LabelSet | None]:
     if name in LABEL_SETS:
         if name not in SET_IDS:
             raise ValueError(f"label set {name!r} has no id in .sem format version {VERSION}")
-        LABEL_SETS[name].check(code.label_map)
+        LABEL_SETS[name].check(distinct_labels(code.label_map))  # not the map: check copies it to int64
         return SET_IDS[name], LABEL_SETS[name]
     if not isinstance(name, str) or not LABEL_SET_NAME.fullmatch(name):
         raise ValueError(f"label set name {name!r}: a built-in set ({', '.join(SET_IDS)}) or 1-64 "
@@ -176,8 +178,10 @@ def encode_code(code: SemanticCode, grid: int | None = None) -> bytes:
         grid_width, grid_height = grid_shape(code.width, code.height, grid)
         coded_map = downsample_label_map(code.label_map, grid_width, grid_height,
                                          label_set.void if label_set is not None else None)
-    labels = np.unique(coded_map)
-    indices = np.searchsorted(labels, coded_map).astype(np.uint8)
+    labels = distinct_labels(coded_map)
+    label_index = np.zeros(256, dtype=np.uint8)
+    label_index[labels] = np.arange(len(labels))
+    indices = label_index[coded_map]  # (H, W) uint8: a byte per pixel, whatever the size
     body = _header(code, grid, set_id, labels) + encode_indices(indices, len(labels))
     return body + zlib.crc32(body).to_bytes(4, "big")
 
@@ -204,6 +208,9 @@ def _parse_flags(flags: int, version: int) -> tuple[int, int]:
     if SET_VERSIONS.get(set_id, VERSION + 1) > version or caption_coder > CAPTION_WORDS:
         raise BitstreamError(f"invalid flags byte 0x{flags:02x} "
                              f"(unknown label set or caption coder in version {version})")
+    if SET_VERSIONS[set_id] != version:
+        raise BitstreamError(f"non-canonical version {version} (files of label set id {set_id} are "
+                             f"version {SET_VERSIONS[set_id]})")
     return caption_coder, set_id
 
 
@@ -262,8 +269,16 @@ def _parse(data: bytes) -> tuple[SemInfo, bytes]:
     return info, map_payload
 
 
+def _check_labels_occur(indices: np.ndarray, labels: tuple[int, ...]) -> None:
+    """Every label of the list must occur in the coded map (a writer lists exactly those)."""
+    present = distinct_labels(indices)
+    if len(present) < len(labels):
+        missing = sorted(set(labels) - {labels[index] for index in present})
+        raise BitstreamError(f"non-canonical label list (labels {missing} never occur in the coded map)")
+
+
 def inspect_code(data: bytes) -> SemInfo:
-    """The header and caption of a ``.sem`` file, checked, without decoding the map."""
+    """The header and caption of a ``.sem`` file, checked, without decoding the map (nor checking it)."""
     return _parse(bytes(data))[0]
 
 
@@ -272,6 +287,7 @@ def decode_code(data: bytes) -> SemanticCode:
     upsampled to full size."""
     info, map_payload = _parse(bytes(data))
     indices = decode_indices(map_payload, info.grid_height, info.grid_width, len(info.labels))
+    _check_labels_occur(indices, info.labels)
     label_map = np.asarray(info.labels, dtype=np.uint8)[indices]
     if info.grid is not None:
         label_map = upsample_label_map(label_map, info.width, info.height)
