@@ -61,12 +61,12 @@ def names(folder: Path, pattern: str = "*.jpg") -> list[str]:
 
 @pytest.fixture(scope="module")
 def voc_gt(tiny_config, tmp_path_factory):
-    """A VOC tree prepared once with ground-truth label maps (void -> background)."""
+    """A VOC tree prepared once with ground-truth label maps (void -> the nearest label)."""
     root = tmp_path_factory.mktemp("voc")
     devkit = make_voc_tree(root, TRAIN_IDS, VAL_IDS)
     before = snapshot(devkit)
     status, output = run("--voc_root", devkit, "--data_root", root / "data", "--config_path",
-                         tiny_config, "--val_fraction", 0.2, "--device", "cpu")
+                         tiny_config, "--val_fraction", 0.2, "--device", "cpu", "--label_source", "gt")
     assert status == 0
     return devkit, root / "data", before, output
 
@@ -94,19 +94,43 @@ def label_set_names(data: Path) -> dict[str, str]:
             for split in prepare_data.SPLITS}
 
 
-def test_ground_truth_label_maps_are_the_masks_with_void_as_background(voc_gt):
+def test_ground_truth_label_maps_are_the_masks_with_void_given_the_nearest_label(voc_gt):
     _, data, _, _ = voc_gt
     assert label_set_names(data) == {split: "voc" for split in prepare_data.SPLITS}
+    rng = np.random.default_rng(0)
     void_seen = 0
     for image in (data / "original_images").rglob("*.jpg"):
         split = image.parent.name
         label_map = Image.open(data / "segmented_images" / split / f"{image.stem}.png")
         assert label_map.mode == "P"
         assert np.array_equal(np.array(label_map.getpalette()).reshape(-1, 3), VOC_PALETTE)
+        label_map, mask = np.array(label_map), np.array(Image.open(VOC_MASKS / f"{image.stem}.png"))
+        void = mask == VOID_LABEL
+        void_seen += int(void.sum())
+        assert np.array_equal(label_map[~void], mask[~void]) and (label_map != VOID_LABEL).all()
+        # brute force on sampled void pixels: each took the label of a labelled pixel at the least distance
+        labelled = np.argwhere(~void)
+        for y, x in np.argwhere(void)[rng.choice(int(void.sum()), size=min(25, int(void.sum())), replace=False)]:
+            distances = ((labelled - (y, x)) ** 2).sum(axis=1)
+            nearest = labelled[distances == distances.min()]
+            assert label_map[y, x] in {mask[ny, nx] for ny, nx in nearest}
+    assert void_seen > 0  # the masks do have void pixels to fill
+
+
+def test_voc_trains_on_predicted_maps_unless_asked_and_void_can_be_background(tiny_config, tmp_path):
+    devkit = make_voc_tree(tmp_path, TRAIN_IDS[:2], VAL_IDS[:1])
+    status, _ = run("--voc_root", devkit, "--data_root", tmp_path / "predicted", "--config_path", tiny_config,
+                    "--val_fraction", 0, "--device", "cpu")
+    assert status == 0  # the default: what DeepLabV3+ gives, as decoding will see
+    assert json.loads((tmp_path / "predicted" / prepare_data.MANIFEST_FILE).read_text())["label_source"] == "predicted"
+    status, _ = run("--voc_root", devkit, "--data_root", tmp_path / "background", "--config_path", tiny_config,
+                    "--val_fraction", 0, "--device", "cpu", "--label_source", "gt", "--void", "background")
+    assert status == 0
+    for image in (tmp_path / "background" / "original_images").rglob("*.jpg"):
+        label_map = np.array(Image.open(tmp_path / "background" / "segmented_images" / image.parent.name
+                                        / f"{image.stem}.png"))
         mask = np.array(Image.open(VOC_MASKS / f"{image.stem}.png"))
-        void_seen += int((mask == VOID_LABEL).sum())
-        assert np.array_equal(np.array(label_map), np.where(mask == VOID_LABEL, 0, mask))
-    assert void_seen > 0  # the masks do have void pixels to map
+        assert np.array_equal(label_map, np.where(mask == VOID_LABEL, 0, mask))
 
 
 def test_prompts_json_has_one_caption_per_image_of_its_split(voc_gt):
@@ -126,7 +150,7 @@ def test_rerun_changes_nothing_and_the_source_is_untouched(voc_gt, tiny_config, 
 
     monkeypatch.setattr(prepare_data.BlipCaptioner, "from_config", no_captioner)
     status, output = run("--voc_root", devkit, "--data_root", data, "--config_path", tiny_config,
-                         "--val_fraction", 0.2, "--device", "cpu")
+                         "--val_fraction", 0.2, "--device", "cpu", "--label_source", "gt")
     assert status == 0
     assert "train: images 5 (this run: linked 0, label maps 0, captions 0)" in output
     assert snapshot(data) == layout_before
@@ -145,7 +169,7 @@ def test_other_settings_on_the_same_data_root_are_refused(voc_gt, tiny_config, c
 
 def test_void_can_be_kept_and_images_copied(tiny_config, tmp_path):
     devkit = make_voc_tree(tmp_path, TRAIN_IDS[:2], VAL_IDS[:1])
-    status, _ = run("--voc_root", devkit / "VOC2012", "--data_root", tmp_path / "data",
+    status, _ = run("--voc_root", devkit / "VOC2012", "--data_root", tmp_path / "data", "--label_source", "gt",
                     "--config_path", tiny_config, "--void", "keep", "--link", "copy",
                     "--val_fraction", 0, "--device", "cpu")
     assert status == 0
@@ -230,7 +254,8 @@ def test_missing_and_unreadable_files_are_listed_and_the_rest_prepared(tiny_conf
     (voc / "SegmentationClass" / f"{no_mask}.png").unlink()
     result = subprocess.run(
         [sys.executable, "-m", "models.train.prepare_data", "--voc_root", devkit, "--data_root",
-         tmp_path / "data", "--config_path", tiny_config, "--val_fraction", "0", "--device", "cpu"],
+         tmp_path / "data", "--config_path", tiny_config, "--val_fraction", "0", "--device", "cpu",
+         "--label_source", "gt"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

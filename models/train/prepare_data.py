@@ -1,6 +1,6 @@
 """Build the training layout from PASCAL VOC 2012, ADE20K (ADEChallengeData2016) or a plain folder of images.
 
-    python -m models.train.prepare_data --voc_root VOCdevkit/VOC2012 [--label_source gt|predicted]
+    python -m models.train.prepare_data --voc_root VOCdevkit/VOC2012 [--label_source predicted|gt]
     python -m models.train.prepare_data --ade_root ADEChallengeData2016 [--label_source gt|predicted]
     python -m models.train.prepare_data --image_dir my_photos --split_fractions 0.8 0.1 0.1 --seed 0
 
@@ -58,7 +58,7 @@ MANIFEST_FILE = "prepare_data.json"
 LINK_MODES = ("hard", "symbolic", "copy")
 # Errors of os.link that mean "this file system cannot hard-link here", not "bad input".
 NO_HARD_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
-VOID_CHOICES = ("background", "keep")  # what the void pixels (255) of VOC ground truth become
+VOID_CHOICES = ("nearest", "background", "keep")  # what the void pixels (255) of VOC ground truth become
 
 
 @dataclass(frozen=True)
@@ -172,11 +172,14 @@ class LabelledSource:
     find_root: Callable[[Path], Path]  # the data set's folder at or under a path; ValueError if none
     pairs: Callable[[Path], tuple[Pairs, Pairs]]  # (to train on, held out) of a root
     parts: tuple[str, str]  # the names of those two parts, for messages
+    default_label_source: str  # --label_source auto: "predicted" or "gt"
 
 
-VOC_SOURCE = LabelledSource("voc", "voc_root", VOC, find_voc_root, voc_pairs, ("train.txt", "val.txt"))
+# VOC trains on DeepLabV3+'s predictions by default: decoding only ever meets those, never VOC's
+# void bands (docs/training.md measures what they change); ADE20K's annotations are dense.
+VOC_SOURCE = LabelledSource("voc", "voc_root", VOC, find_voc_root, voc_pairs, ("train.txt", "val.txt"), "predicted")
 ADE_SOURCE = LabelledSource("ade20k", "ade_root", ADE20K, find_ade_root, ade_pairs,
-                            ("images/training", "images/validation"))
+                            ("images/training", "images/validation"), "gt")
 LABELLED_SOURCES = (VOC_SOURCE, ADE_SOURCE)
 
 
@@ -271,7 +274,7 @@ class Preparer:
     """Places source images into the layout and writes ground-truth label maps."""
 
     def __init__(self, data_root: Path, link_mode: str, max_pixels: int | None,
-                 label_set: LabelSet | None = None, void: str = "background"):
+                 label_set: LabelSet | None = None, void: str = "nearest"):
         self.data_root = data_root
         self.link_mode = link_mode
         self.max_pixels = max_pixels
@@ -339,9 +342,24 @@ class Preparer:
         if self.label_set is None:
             return None
         label_map = read_ground_truth(item.mask, size, self.label_set)
-        if self.label_set.void is not None and self.void == "background":
-            label_map[label_map == self.label_set.void] = 0
+        if self.label_set.void is not None and self.void != "keep":
+            label_map = fill_void(label_map, self.label_set.void, nearest=self.void == "nearest")
         return label_map
+
+
+def fill_void(label_map: np.ndarray, void: int, nearest: bool = True) -> np.ndarray:
+    """``label_map`` with its ``void`` pixels given the label of the nearest labelled pixel (the
+    band VOC draws around each object is split down its middle, where a segmenter would put the
+    edge), or background (0) when not ``nearest`` or nothing is labelled."""
+    unlabelled = label_map == void
+    if not unlabelled.any():
+        return label_map
+    if not nearest or unlabelled.all():
+        return np.where(unlabelled, 0, label_map).astype(np.uint8)
+    from scipy import ndimage
+
+    indices = ndimage.distance_transform_edt(unlabelled, return_distances=False, return_indices=True)
+    return label_map[tuple(indices)]  # every pixel takes its nearest labelled pixel's label (itself if labelled)
 
 
 def find_split_conflicts(items: list[SourceItem], data_root: Path) -> dict[str, str]:
@@ -501,11 +519,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--image_dir", help="a plain folder of images (searched recursively)")
     parser.add_argument("--data_root", default="data", help="where the layout is built")
     parser.add_argument("--label_source", choices=("auto", "gt", "predicted"), default="auto",
-                        help="label maps from the data set's ground truth or predicted by the encoder; "
-                             "auto: gt for --voc_root and --ade_root, predicted for --image_dir")
-    parser.add_argument("--void", choices=VOID_CHOICES, default="background",
-                        help="VOC ground truth: void/boundary pixels (255) become background (0) or stay "
-                             "255; ADE20K has no void (keep is refused there)")
+                        help="label maps from the data set's ground truth or predicted by the encoder (what "
+                             "decoding sees); auto: predicted for --voc_root and --image_dir, gt for --ade_root")
+    parser.add_argument("--void", choices=VOID_CHOICES, default="nearest",
+                        help="VOC ground truth: void/boundary pixels (255) take the nearest labelled pixel's "
+                             "class, become background (0) or stay 255; ADE20K has no void (only the default "
+                             "there)")
     parser.add_argument("--val_fraction", type=float, default=0.1,
                         help="VOC, ADE20K: share of train.txt or images/training held out as val (test is "
                              "VOC's val.txt or ADE20K's images/validation)")
@@ -536,11 +555,11 @@ def resolve_labelled(source: LabelledSource, args: argparse.Namespace) -> Resolv
     """A data set with ground truth (VOC, ADE20K), where its label maps come from and its plan."""
     if not 0 <= args.val_fraction < 1:
         raise ValueError(f"--val_fraction must be in [0, 1), got {args.val_fraction}")
-    if source.label_set.void is None and args.void != "background":
-        raise ValueError(f"--void {args.void}: the {source.name} annotations have no void value to keep "
+    if source.label_set.void is None and args.void != "nearest":
+        raise ValueError(f"--void {args.void}: the {source.name} annotations have no void value "
                          f"(0 means {source.label_set.class_names[0]!r} and stays 0); --void applies to "
                          f"--voc_root only")
-    label_source = "gt" if args.label_source == "auto" else args.label_source
+    label_source = source.default_label_source if args.label_source == "auto" else args.label_source
     source_dir = source.find_root(Path(getattr(args, source.option))).resolve()
     plan = labelled_plan(source, source_dir, args.val_fraction, args.seed, with_masks=label_source == "gt")
     return ResolvedSource(source, source_dir, label_source, plan)
