@@ -3,12 +3,14 @@
 import csv
 import hashlib
 
+import numpy as np
 import pytest
 from PIL import Image
 from skimage import data as skimage_data
 
 import compress_images
-from models.baselines.codecs import CODECS, compress_to_size, decode, encode, highest_fitting, scale_ladder
+from models.baselines.codecs import (CODECS, LOW_END_SCAN, Codec, compress_to_size, decode, encode,
+                                     highest_fitting, scale_ladder)
 from models.imageio import read_rgb
 from models.rate import bits_per_pixel
 from tests.conftest import VOC_IMAGES
@@ -24,9 +26,9 @@ def photos():
     return images
 
 
-def check_tight_fit(image, result):
-    """The file fits, one quality step higher does not, and (if shrunk) the next larger scale does not."""
-    codec = CODECS[result.codec]
+def check_tight_fit(image, result, codec=None):
+    """The file fits, one quality step higher does not, and (if shrunk) no low-end quality fits one scale up."""
+    codec = codec or CODECS[result.codec]
     assert result.fits and result.num_bytes <= result.max_bytes
     assert result.data == encode(codec, image, result.quality, result.scale)
     if result.quality < codec.max_quality:
@@ -34,7 +36,8 @@ def check_tight_fit(image, result):
     if result.scale < 1.0:
         ladder = scale_ladder(*image.size)
         larger = ladder[ladder.index(result.scale) - 1]
-        assert len(encode(codec, image, codec.min_quality, larger)) > result.max_bytes
+        for quality in range(codec.min_quality, codec.min_quality + LOW_END_SCAN + 1):
+            assert len(encode(codec, image, quality, larger)) > result.max_bytes
 
 
 @pytest.mark.parametrize("codec", ["jpeg", "webp", "png"])
@@ -70,15 +73,78 @@ def test_downscaling_finds_the_largest_scale_that_fits():
         assert decode(result.data, image.size).size == image.size
 
 
+def check_promise(sizes, answer, budget):
+    """``answer`` fits and the next step does not (or it is the top); None only if no low-end size fits."""
+    if answer is None:
+        assert all(size > budget for size in sizes[:LOW_END_SCAN + 1])
+        return
+    assert sizes[answer] <= budget
+    assert answer == len(sizes) - 1 or sizes[answer + 1] > budget
+
+
 def test_bisection_answer_fits_and_the_next_step_does_not_even_if_sizes_are_not_monotone():
     sizes = [10, 20, 30, 25, 50, 45, 70, 80]  # size of quality q, not monotone
     for budget in range(5, 90):
         answer = highest_fitting(lambda q: sizes[q], 0, len(sizes) - 1, budget)
-        if budget < sizes[0]:
-            assert answer is None
-            continue
-        assert sizes[answer] <= budget
-        assert answer == len(sizes) - 1 or sizes[answer + 1] > budget
+        check_promise(sizes, answer, budget)
+        assert (answer is None) == (budget < sizes[0])
+
+
+def test_bisection_starts_above_an_over_budget_lowest_quality():
+    sizes = [50, 48, 49, 45, 60, 55, 70, 80, 90, 100]  # dips at 1 and 3, as JPEG's quality 2, AVIF's 3
+    for budget in range(40, 110):
+        answer = highest_fitting(lambda q: sizes[q], 0, len(sizes) - 1, budget)
+        check_promise(sizes, answer, budget)
+        assert (answer is None) == (budget < min(sizes[:LOW_END_SCAN + 1]))
+    for budget, best in ((44, None), (45, 3), (48, 3), (49, 3), (50, 3)):  # fits at 3, not at 4
+        assert highest_fitting(lambda q: sizes[q], 0, len(sizes) - 1, budget) == best
+
+
+def test_bisection_is_logarithmic_when_sizes_grow():
+    probed = []
+
+    def size_of(quality):
+        probed.append(quality)
+        return 1000 + 10 * quality
+
+    for budget in range(1000, 2100, 7):
+        probed.clear()
+        answer = highest_fitting(size_of, 0, 100, budget)
+        assert answer == min(100, (budget - 1000) // 10)
+        assert len(probed) <= 2 + 7  # both ends, then at most ceil(log2(100)) halvings
+    probed.clear()
+    assert highest_fitting(size_of, 0, 100, 999) is None
+    assert probed == list(range(LOW_END_SCAN + 1))  # gives up after the low end
+
+
+@pytest.mark.parametrize("codec, stem, budget, quality, num_bytes", [
+    ("jpeg", "2007_000063", 2849, 2, 2849),  # quality 1: 2850 bytes, 2: 2849, 3: 3161
+    ("avif", "2009_000457", 4500, 5, 4423),  # qualities 0-2: 4560 bytes, 3-5: 4423, 6: 5084
+])
+def test_a_quality_above_an_over_budget_lowest_one_is_found(codec, stem, budget, quality, num_bytes):
+    image = read_rgb(VOC_IMAGES / f"{stem}.jpg")
+    assert len(encode(CODECS[codec], image, CODECS[codec].min_quality)) > budget
+    for allow_downscale in (False, True):
+        result = compress_to_size(image, codec, budget, allow_downscale=allow_downscale)
+        assert (result.quality, result.scale, result.num_bytes) == (quality, 1.0, num_bytes)
+        check_tight_fit(image, result)
+
+
+def _save_with_a_dip(image, quality, buffer):
+    """A stand-in codec: one byte per 16 pixels, times a factor that dips at quality 1."""
+    factor = (1.0, 0.9, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6)[quality]
+    buffer.write(bytes(round(image.width * image.height / 16 * factor)))
+
+
+def test_downscaling_keeps_the_largest_scale_where_a_quality_above_the_lowest_fits():
+    codec = Codec("dip", ".bin", 0, 7, _save_with_a_dip)
+    image = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
+    # 64x64: 256 bytes at quality 0 and 230 at 1; 59x59 (scale 2^(-1/8)): 218 and 196; 54x54: 182.
+    assert compress_to_size(image, codec, 240) == compress_to_size(image, codec, 240, allow_downscale=True)
+    assert compress_to_size(image, codec, 240).quality == 1
+    result = compress_to_size(image, codec, 200, allow_downscale=True)
+    assert (result.quality, result.scale, result.num_bytes) == (1, 2 ** (-1 / 8), 196)
+    check_tight_fit(image, result, codec)
 
 
 def read_csv(path):
