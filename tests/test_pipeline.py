@@ -17,8 +17,8 @@ def trained_on_prepared_voc(one_cpu_thread, tiny_config, tmp_path_factory):  # n
     root = tmp_path_factory.mktemp("pipeline")
     devkit = make_voc_tree(root, ["2007_000032", "2007_000039", "2007_000063", "2007_000068"],
                            ["2007_000783", "2007_001311"])
-    status, _ = prepare("--voc_root", devkit, "--data_root", root / "data", "--config_path", tiny_config,
-                        "--val_fraction", 0.25, "--device", "cpu")
+    status, _ = prepare("--voc_root", devkit, "--label_source", "gt", "--data_root", root / "data",
+                        "--config_path", tiny_config, "--val_fraction", 0.25, "--device", "cpu")
     assert status == 0
     run = root / "run"
     status = train.main(["--config_path", str(tiny_config), "--data_root", str(root / "data"),
@@ -33,7 +33,7 @@ def trained_on_prepared_voc(one_cpu_thread, tiny_config, tmp_path_factory):  # n
 
 def test_training_runs_on_the_layout_prepare_data_writes(trained_on_prepared_voc):
     _, run = trained_on_prepared_voc
-    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000003.ckpt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step-0000003.ckpt"]
     assert (run / "controlnet" / "diffusion_pytorch_model.safetensors").is_file()
 
 

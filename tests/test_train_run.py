@@ -34,7 +34,8 @@ def test_ddp_on_two_cpu_processes_writes_one_checkpoint_and_one_export(tiny_conf
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 process(es) x batch 2 x accumulation 1 = 4 images per step" in result.stdout
     assert "train: 12 image/label-map/caption pairs" in result.stdout
-    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000006.ckpt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step-0000006.ckpt"]
+    assert (run / "checkpoints/last.ckpt").resolve() == (run / "checkpoints/step-0000006.ckpt").resolve()
     checkpoint = torch.load(run / "checkpoints/step-0000006.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 6
     exported = ControlNetModel.from_pretrained(run / "controlnet")
@@ -134,6 +135,9 @@ def test_resume_from_a_periodic_checkpoint_keeps_the_ema_exact(tiny_config, shap
     exported = ControlNetModel.from_pretrained(straight / "controlnet").state_dict()
     for key, value in exported.items():
         assert torch.equal(direct[f"controlnet_ema.{key}"], value), key
+    for run in (straight, resumed):  # last.ckpt follows the periodic checkpoints too
+        last = run / "checkpoints/last.ckpt"
+        assert last.is_symlink() and last.resolve() == (run / "checkpoints/step-0000006.ckpt").resolve()
 
 
 def test_the_checkpoint_holds_no_frozen_weights(tiny_config, resumed_and_straight_runs):

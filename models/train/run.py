@@ -4,6 +4,7 @@ Run folder (``train.output_dir``), written by rank 0 only:
 
     config.yaml                the full config the run used
     checkpoints/step-NNNNNNN.ckpt  Lightning checkpoints (trainable weights + optimizer state)
+    checkpoints/last.ckpt          a link to the newest of them
     logs/tensorboard/version_K/    TensorBoard events (loss, learning rate, image grids)
     logs/csv/version_K/metrics.csv the same scalars as CSV
     validation/step-NNNNNNN/       the first validation label maps decoded as process_decoding.py would
@@ -16,6 +17,7 @@ already holds checkpoints, so two runs never mix.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from models.train.data import DecoderDataModule
 from models.train.validation import ValidationImages
 
 CHECKPOINT_PATTERN = re.compile(r"step-(\d+)\.ckpt$")
+LAST_CHECKPOINT = "last.ckpt"  # a link to the newest step checkpoint
 
 
 class RunPaths:
@@ -77,7 +80,8 @@ def resolve_resume(resume: str | None, paths: RunPaths) -> Path | None:
 
 
 class FinalCheckpoint(Callback):
-    """Saves the last step when it is not a multiple of the periodic interval."""
+    """Saves the last step when it is not a multiple of the periodic interval, and points
+    ``last.ckpt`` at it."""
 
     def __init__(self, paths: RunPaths, every_n_steps: int):
         self.paths, self.every_n_steps = paths, every_n_steps
@@ -86,15 +90,43 @@ class FinalCheckpoint(Callback):
         step = trainer.global_step
         if step > 0 and step % self.every_n_steps:  # same decision on every rank
             trainer.save_checkpoint(self.paths.checkpoint(step), weights_only=False)
+            if trainer.is_global_zero:
+                link_last(self.paths.checkpoint(step))
+
+
+class StepCheckpoints(ModelCheckpoint):
+    """Lightning's periodic checkpoints ``step-NNNNNNN.ckpt``, newest ``keep`` kept, with
+    ``last.ckpt`` linked to the newest right after each save (Lightning's own ``save_last``
+    would write a full copy when the run ends between two periodic saves)."""
+
+    def __init__(self, paths: RunPaths, every_n_steps: int, keep: int):
+        super().__init__(dirpath=paths.checkpoints, filename="step-{step:07d}", auto_insert_metric_name=False,
+                         every_n_train_steps=every_n_steps, save_top_k=keep, monitor="step", mode="max")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args, **kwargs) -> None:
+        super().on_train_batch_end(trainer, *args, **kwargs)
+        # monitor "step", mode "max": the newest step checkpoint (of another folder when resumed from one)
+        newest = Path(self.best_model_path) if self.best_model_path else None
+        if trainer.is_global_zero and newest and newest.parent == Path(self.dirpath) and newest.is_file():
+            last = newest.with_name(LAST_CHECKPOINT)
+            if not last.is_symlink() or os.readlink(last) != newest.name:
+                link_last(newest)
+
+
+def link_last(checkpoint: Path) -> None:
+    """Make ``last.ckpt`` beside ``checkpoint`` a relative link to it (replaced atomically)."""
+    last = checkpoint.with_name(LAST_CHECKPOINT)
+    temporary = last.with_name(f".{LAST_CHECKPOINT}.tmp")
+    temporary.unlink(missing_ok=True)
+    os.symlink(checkpoint.name, temporary)
+    os.replace(temporary, last)
 
 
 def build_trainer(config: Config, devices: DeviceSpec, paths: RunPaths, has_validation: bool,
                   progress_bar: bool = True) -> pl.Trainer:
     """A Trainer that checkpoints, validates and logs as ``config.train`` says."""
     train = config.train
-    periodic = ModelCheckpoint(dirpath=paths.checkpoints, filename="step-{step:07d}",
-                               auto_insert_metric_name=False, every_n_train_steps=train.checkpoint_every_n_steps,
-                               save_top_k=train.keep_checkpoints, monitor="step", mode="max")
+    periodic = StepCheckpoints(paths, train.checkpoint_every_n_steps, train.keep_checkpoints)
     strategy = DDPStrategy(find_unused_parameters=False) if devices.world_size > 1 else "auto"
     return pl.Trainer(
         accelerator=devices.accelerator, devices=devices.devices, num_nodes=devices.num_nodes, strategy=strategy,
