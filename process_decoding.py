@@ -36,11 +36,13 @@ DECODE_FLAGS = {
     "negative_prompt": "text for the unguided half of guidance",
     "seed": "base seed, hashed with each image's relative path",
     "batch_size": "images per forward pass",
-    "resolution": "generation size (multiple of 8)",
+    "resolution": "generation size: the short side, or the square's side",
     "palette": "control-image colours (ade20k: lllyasviel/sd-controlnet-seg)",
     "control_range": "control values in [0, 1] (unit) or [-1, 1] (signed)",
     "keep_aspect": "generate at the image's aspect ratio; --no-keep_aspect stretches to a square as the "
                    "original project (unset: by checkpoint format)",
+    "generation_scale": "with the aspect ratio kept: short side = resolution (objects at the scale of "
+                        "training's crops) or area = resolution^2 (the earlier rule)",
     "attention_slicing": "attention in slices (less memory)",
     "vae_slicing": "VAE-decode one image at a time",
     "vae_tiling": "VAE-decode in tiles (large images)",
@@ -125,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if is_global_zero():
         print(decoder.note)
+        for warning in decoder.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     plan = plan_decode(run.input_dir, run.captions, decoder, run.config, skip_files=(run.prompts_path.resolve(),))
     settings = run_settings(decoder, run.config, run.precision)
     try:

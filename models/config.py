@@ -86,7 +86,8 @@ class DiffusionConfig:
     """Stable Diffusion 1.5 and the ControlNet that decodes label maps and captions."""
 
     sd_model_path: str = path_field("stable-diffusion-v1-5/stable-diffusion-v1-5")
-    controlnet_path: str | None = path_field(None)  # a trained ControlNet; None: from the UNet
+    controlnet_path: str | None = path_field(None)  # decoding: folder, hub id or .ckpt/.safetensors file;
+    # training fine-tunes a folder or hub id (python -m models.train.export turns a .ckpt into one); None: from the UNet
     resolution: int = 512  # training and generation size (multiple of 8)
     palette: str = choice_field("voc", tuple(PALETTES))  # "ade20k" for public seg ControlNets
     conditioning: str = choice_field("palette", CONDITIONING_MODES)  # control image rendering
@@ -107,6 +108,8 @@ class DecodeConfig:
     palette: str | None = choice_field(None, (None, *PALETTES))  # null: the ControlNet's own
     control_range: str = choice_field("auto", ("auto", "unit", "signed"))  # [0,1] or [-1,1]; auto: by format
     keep_aspect: bool | None = None  # false: stretch to a square as the original; null: by format
+    generation_scale: str = choice_field("short_side", ("short_side", "area"))  # short side = resolution, as
+    # training crops saw objects (at most 2 x resolution^2 pixels); area: about resolution^2 pixels (earlier rule)
     resize_filter: str = choice_field("lanczos", tuple(RESIZE_FILTERS))  # back to the original size
     missing_caption: str = choice_field("error", ("error", "empty"))  # "empty": decode with "" and warn
     precision: str = choice_field("32", PRECISION_NAMES)  # on a GPU; --use_fp16 sets "16"
@@ -173,7 +176,7 @@ class TrainConfig:
     num_workers: int = 4  # data-loader processes per device
     seed: int = 0  # one seed for data order, augmentation, noise and timesteps (offset per rank)
     checkpoint_every_n_steps: int = 1000  # Lightning checkpoint of the trainable weights
-    keep_checkpoints: int = 3  # newest step checkpoints kept (-1: all); last.ckpt always
+    keep_checkpoints: int = 3  # newest step checkpoints kept (-1: all); last.ckpt always links the newest
     log_every_n_steps: int = 50  # training-loss logging interval
     val_every_n_steps: int = 500  # validation loss and image grid interval
     val_max_samples: int = 64  # validation images used for the loss (first ones, sorted)

@@ -180,3 +180,31 @@ def test_the_script_reports_a_wrong_checkpoint_in_one_line(tiny_config, label_ma
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
     assert errors == [f"error: {tmp_path / 'nothing.ckpt'}: no such file or folder (nor a Hugging Face id)"]
     assert not list((tmp_path).rglob("*.png"))
+
+
+def test_a_controlnet_for_another_base_model_is_refused_naming_both(tiny_config, tmp_path, capsys):
+    """As an SD2 ControlNet against SD1.5: other text-embedding width. Refused before any work,
+    by decoding and by training, instead of a tensor-size error in the first step."""
+    import train
+    from tests.test_train_run import write_shapes_dataset
+
+    config = load_config(tiny_config)
+    unet = base_unet(tiny_config)
+    other = {**ControlNetModel.from_unet(unet).config, "cross_attention_dim": 2 * unet.config.cross_attention_dim}
+    foreign = tmp_path / "controlnet-other-base"
+    ControlNetModel.from_config({k: v for k, v in other.items() if not k.startswith("_")}).save_pretrained(foreign)
+    with pytest.raises(CheckpointFormatError, match="was made for another base model") as error:
+        load_controlnet(str(foreign), unet, base_name=config.diffusion.sd_model_path)
+    assert str(foreign) in str(error.value) and config.diffusion.sd_model_path in str(error.value)
+    assert f"cross_attention_dim {2 * unet.config.cross_attention_dim} against" in str(error.value)
+    write_shapes_dataset(tmp_path / "data", {"train": 2}, size=32, seed=0)
+    status = train.main(["--config_path", str(tiny_config), "--data_root", str(tmp_path / "data"), "--accelerator",
+                         "cpu", "--devices", "1", "--max_steps", "1", "--output_dir", str(tmp_path / "run"),
+                         "--override", f"diffusion.controlnet_path={foreign}", "--no_progress_bar"])
+    assert status == 2
+    assert "was made for another base model" in capsys.readouterr().err
+    (tmp_path / "x.ckpt").write_bytes(b"a training checkpoint, say")
+    assert train.main(["--config_path", str(tiny_config), "--data_root", str(tmp_path / "data"), "--accelerator",
+                       "cpu", "--devices", "1", "--max_steps", "1", "--output_dir", str(tmp_path / "run2"),
+                       "--override", f"diffusion.controlnet_path={tmp_path / 'x.ckpt'}", "--no_progress_bar"]) == 2
+    assert "cannot fine-tune from the file" in capsys.readouterr().err  # a folder or hub id, as documented

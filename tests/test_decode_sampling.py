@@ -40,8 +40,8 @@ def test_our_loop_returns_the_stock_pipelines_pixels(decoder, scheduler, guidanc
     assert np.array_equal(np.stack(ours), (stock * 255).round().astype(np.uint8))
 
 
-def test_generation_keeps_the_aspect_ratio_near_the_resolution_in_multiples_of_eight():
-    spec = ControlSpec("palette", "voc", 21, "unit", keep_aspect=True, resolution=512)
+def test_the_area_rule_keeps_the_aspect_ratio_near_the_resolution_in_multiples_of_eight():
+    spec = ControlSpec("palette", "voc", 21, "unit", keep_aspect=True, resolution=512, scale="area")
     for width, height in [(500, 375), (375, 500), (1000, 100), (64, 64), (3, 5000)]:
         gen_width, gen_height = generation_size(width, height, spec)
         assert gen_width % 8 == 0 and gen_height % 8 == 0 and min(gen_width, gen_height) >= 8
@@ -50,6 +50,21 @@ def test_generation_keeps_the_aspect_ratio_near_the_resolution_in_multiples_of_e
             assert 0.9 < gen_width * gen_height / 512**2 < 1.1
     assert generation_size(500, 375, spec) == (592, 440)
     assert generation_size(500, 375, replace(spec, keep_aspect=False)) == (512, 512)
+
+
+def test_images_are_generated_at_the_scale_training_crops_saw():
+    """Training resizes the short side to the resolution and crops: decoding generates at that
+    scale (short side 512) in multiples of SD1.5's 64, with at most 2 x 512^2 pixels."""
+    spec = ControlSpec("palette", "voc", 21, "unit", keep_aspect=True, resolution=512)
+    assert spec.scale == "short_side"
+    assert generation_size(500, 375, spec, 64) == (704, 512)  # 500x375 VOC: objects at 1.0, not 0.86
+    assert generation_size(375, 500, spec, 64) == (512, 704)
+    assert generation_size(1920, 1080, spec, 64) == (896, 512)  # 16:9: 1.75 x 512^2 pixels
+    assert generation_size(512 * 3, 512, spec, 64) == (1152, 448)  # 3:1 exceeds 2 x 512^2: shrunk to fit
+    assert generation_size(64, 64, spec, 64) == (512, 512)
+    for width, height in [(500, 375), (1000, 100), (3, 5000), (4000, 3000)]:
+        gen_width, gen_height = generation_size(width, height, spec, 64)
+        assert gen_width % 64 == 0 and gen_height % 64 == 0 and gen_width * gen_height <= 2 * 512**2
 
 
 def test_images_come_back_at_their_original_size(decoder):

@@ -180,3 +180,39 @@ def test_a_partial_record_file_vanishing_mid_read_is_read_again(tmp_path, monkey
     monkeypatch.setattr(decode_job.Path, "read_text", fold_then_read)
     manifest = decode_job.read_manifest(tmp_path)
     assert calls and manifest["images"] == {"a.png": {"seed": 1}}
+
+
+def test_a_half_precision_batch_that_overflows_is_redone_in_float32(tiny_config, trained_controlnet,  # noqa: F811
+                                                                      label_maps, tmp_path):  # noqa: F811
+    """The VAE made to overflow in bfloat16 (as SD's VAE can in float16): the batch is decoded again
+    in float32, its images are finite and close to a float32 run, and the manifest says so."""
+    from models.config import load_config
+    from models.decode.decoder import ControlNetDecoder
+    from models.decode.job import plan_decode, prepare_output, read_manifest, run_decode, run_settings
+    from models.layout import CaptionIndex, read_prompts
+    from models.runtime import DeviceSpec
+
+    config = load_config(tiny_config, [f"diffusion.controlnet_path={trained_controlnet}", "decode.batch_size=2",
+                                       "decode.num_inference_steps=2"])
+    captions = CaptionIndex(read_prompts(label_maps / "prompts.json"))
+    reference_dir, output_dir = tmp_path / "float32", tmp_path / "bf16"
+    for precision, folder in (("32", reference_dir), ("bf16", output_dir)):
+        decoder = ControlNetDecoder.from_config(config)
+
+        def overflow(module, inputs, output):
+            return output * float("nan") if output.dtype == torch.bfloat16 else output
+
+        decoder.pipeline.vae.decoder.register_forward_hook(overflow)
+        plan = plan_decode(label_maps, captions, decoder, config, skip_files=((label_maps / "prompts.json"),))
+        settings = run_settings(decoder, config, precision)
+        plan.done = prepare_output(folder, settings, False, True)
+        result = run_decode(plan, decoder, DeviceSpec("cpu", 1), folder, settings, progress_bar=False)
+        assert result.failures == {} and result.written == 6
+    entries = read_manifest(output_dir)["images"]
+    assert len(entries) == 6 and all(entry["redone_in_float32"] for entry in entries.values())
+    assert not any("redone_in_float32" in entry for entry in read_manifest(reference_dir)["images"].values())
+    for name, data in outputs(output_dir).items():
+        redone = np.asarray(Image.open(output_dir / name), dtype=np.int16)
+        reference = np.asarray(Image.open(reference_dir / name), dtype=np.int16)
+        assert np.abs(redone - reference).mean() < 8  # the bfloat16-rounded weights, widened: close, not equal
+        assert redone.std() > 1  # an image, not the zeros NaN turns into

@@ -11,6 +11,7 @@ from models.decode.stable_diffusion import load_sd_components
 from models.train.controlnet_module import ControlNetModule, check_train_config, hint_channels
 from models.train.export import main
 from tests.conftest import REPO
+from tests.decode_fixtures import perturb
 from tests.threads import one_cpu_thread  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`"),
@@ -178,6 +179,7 @@ def test_export_writes_the_ema_controlnet_and_the_unet_overlay(tiny_config, comp
     assert info["conditioning"] == "palette" and info["palette"] == "voc" and info["num_classes"] == 21
     assert info["resolution"] == 64 and info["sd_model_path"] == module.config.diffusion.sd_model_path
     assert info["label_set"] == "voc"  # the training maps' set travels with the weights
+    assert info["ema"] is True and info["unet_trainable"] is True and info["unet_averaged"] is False
     overlay = load_file(exported / "unet_trainable.safetensors")
     assert set(overlay) == {n for n, p in module.unet.named_parameters() if p.requires_grad}
 
@@ -229,3 +231,49 @@ def test_a_controlnet_trained_on_a_named_set_knows_it_and_refuses_other_maps(tin
     decoder.check_code(np.array([[0, 2]], dtype=np.uint8), cityscapes)
     with pytest.raises(ValueError, match="voc label set has 21 classes"):
         decoder.check_code(np.array([[0, 2]], dtype=np.uint8), VOC)
+
+
+def test_validation_judges_the_exported_weights_and_logs_the_live_ones_too(tiny_config, components):
+    """With EMA the export holds the EMA ControlNet: val/loss is its loss, val/loss_live the live
+    one's (replacing the EMA weights with noise must move val/loss and only val/loss)."""
+    module = make_module(tiny_config, components, "train.ema_decay=0.9")
+    batch = make_batch(module)
+    logged = {}
+    module.log = lambda name, value, **options: logged.__setitem__(name, float(value))
+    module.validation_step(batch, 0)
+    before = dict(logged)
+    assert set(before) == {"val/loss", "val/loss_live"}
+    perturb(module.controlnet_ema, seed=3, scale=0.5)
+    module.validation_step(batch, 0)
+    assert logged["val/loss"] != before["val/loss"] and logged["val/loss_live"] == before["val/loss_live"]
+    assert module.validation_loss(batch) == module.validation_loss(batch, module.controlnet_ema)
+    plain = make_module(tiny_config, components)
+    logged.clear()
+    plain.log = lambda name, value, **options: logged.__setitem__(name, float(value))
+    plain.validation_step(make_batch(plain), 0)
+    assert set(logged) == {"val/loss"}  # no EMA: the live weights are the exported ones
+
+
+def test_the_export_names_its_base_model_and_decoding_warns_on_another(tiny_config, components, tmp_path):
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    from models.decode.decoder import ControlNetDecoder
+    from models.decode.stable_diffusion import unet_fingerprint
+
+    module = make_module(tiny_config, components)
+    exported = module.export(tmp_path / "controlnet")
+    info = json.loads((exported / "semantic_compression.json").read_text())
+    base = module.config.diffusion.sd_model_path
+    assert info["base_fingerprint"] == unet_fingerprint(UNet2DConditionModel.from_pretrained(base, subfolder="unet"))
+    same = ControlNetDecoder.from_config(load_config(tiny_config, [f"diffusion.controlnet_path={exported}"]))
+    assert same.warnings == []
+    other = tmp_path / "other-base"  # the same architecture, fine-tuned weights: fits, but is not the base
+    shutil.copytree(base, other)
+    unet = UNet2DConditionModel.from_pretrained(other, subfolder="unet")
+    perturb(unet, seed=5, scale=0.01).save_pretrained(other / "unet")
+    decoder = ControlNetDecoder.from_config(load_config(
+        tiny_config, [f"diffusion.controlnet_path={exported}", f"diffusion.sd_model_path={other}"]))
+    assert len(decoder.warnings) == 1 and info["base_fingerprint"] in decoder.warnings[0]
+    assert str(other) in decoder.warnings[0] and base in decoder.warnings[0]

@@ -50,10 +50,13 @@ def controlnet_config_dict(controlnet: ControlNetModel) -> dict:
             for key, value in controlnet.config.items() if not key.startswith("_")}
 
 
-def training_record(controlnet: ControlNetModel, config: Config, ema: bool, label_set: LabelSet) -> dict:
-    """What a training checkpoint stores under ``TRAINING_KEY`` (``label_set``: of the training maps)."""
+def training_record(controlnet: ControlNetModel, config: Config, ema: bool, label_set: LabelSet,
+                    base_fingerprint: str | None = None) -> dict:
+    """What a training checkpoint stores under ``TRAINING_KEY`` (``label_set``: of the training
+    maps; ``base_fingerprint``: ``unet_fingerprint`` of the base UNet it was trained on)."""
     return {"format_version": FORMAT_VERSION, "controlnet_config": controlnet_config_dict(controlnet),
-            "config": config.to_dict(), "ema": ema, "label_set": label_set.name, "num_classes": label_set.num_classes}
+            "config": config.to_dict(), "ema": ema, "label_set": label_set.name, "num_classes": label_set.num_classes,
+            "base_fingerprint": base_fingerprint}
 
 
 def control_metadata(config: dict, label_set: str | None = None, num_classes: int | None = None) -> dict:
@@ -80,10 +83,12 @@ class TrainedWeights:
     global_step: int
     label_set: str | None = None  # the training maps' label set (None in records older than label sets)
     num_classes: int | None = None  # its classes
+    base_fingerprint: str | None = None  # unet_fingerprint of the base UNet (None in older records)
 
     @property
     def metadata(self) -> dict:
-        return {**control_metadata(self.config, self.label_set, self.num_classes), "ema": self.ema}
+        return {**control_metadata(self.config, self.label_set, self.num_classes), "ema": self.ema,
+                **({"base_fingerprint": self.base_fingerprint} if self.base_fingerprint else {})}
 
 
 def read_training_checkpoint(checkpoint: dict, path: str | Path) -> TrainedWeights:
@@ -103,7 +108,7 @@ def read_training_checkpoint(checkpoint: dict, path: str | Path) -> TrainedWeigh
         raise CheckpointFormatError(f"{path}: training checkpoint without '{prefix}*' weights")
     return TrainedWeights(record["controlnet_config"], weights, _strip(state, UNET_PREFIX), record.get("config", {}),
                           ema, int(checkpoint.get("global_step", 0)), record.get("label_set"),
-                          record.get("num_classes"))
+                          record.get("num_classes"), record.get("base_fingerprint"))
 
 
 def _strip(state: dict, prefix: str) -> dict[str, torch.Tensor]:
@@ -122,8 +127,9 @@ def build_controlnet(weights: TrainedWeights, path: str | Path) -> ControlNetMod
 
 def export_metadata(weights: TrainedWeights) -> dict:
     """The content of ``semantic_compression.json``."""
-    return {**control_metadata(weights.config, weights.label_set, weights.num_classes),
-            "format_version": FORMAT_VERSION, "global_step": weights.global_step, "unet_trainable": bool(weights.unet)}
+    return {**weights.metadata, "format_version": FORMAT_VERSION, "global_step": weights.global_step,
+            "unet_trainable": bool(weights.unet),
+            "unet_averaged": False}  # the UNet decoder half is exported as trained last, never averaged
 
 
 def write_export(output_dir: str | Path, weights: TrainedWeights) -> Path:

@@ -65,15 +65,44 @@ def check_checkpoint_path(path: str) -> None:
         raise CheckpointFormatError(f"{path}: no such file or folder (nor a Hugging Face id)")
 
 
-def load_controlnet(path: str, base_unet: UNet2DConditionModel, allow_pickle: bool = False) -> ControlNetSource:
-    """Load the ControlNet at ``path`` (any of ``FORMATS``), float32, on the CPU."""
+def load_controlnet(path: str, base_unet: UNet2DConditionModel, allow_pickle: bool = False,
+                    base_name: str = "the base model") -> ControlNetSource:
+    """Load the ControlNet at ``path`` (any of ``FORMATS``), float32, on the CPU, checked to fit
+    ``base_unet`` (of ``base_name``, for messages)."""
     check_checkpoint_path(path)
     local = Path(path).expanduser()
     if local.is_dir():
-        return _load_folder(local)
-    if local.is_file():
-        return _load_file(local, base_unet, allow_pickle)
-    return _load_diffusers(path)
+        source = _load_folder(local)
+    elif local.is_file():
+        source = _load_file(local, base_unet, allow_pickle)
+    else:
+        source = _load_diffusers(path)
+    check_fits_unet(source.controlnet.config, base_unet.config, path, base_name)
+    return source
+
+
+# What a ControlNet shares with the UNet it steers: its residuals are added to the UNet's skip
+# connections block by block, and both read the same text embeddings.
+SHARED_UNET_SETTINGS = ("in_channels", "block_out_channels", "down_block_types", "layers_per_block",
+                        "cross_attention_dim", "transformer_layers_per_block")
+
+
+def check_fits_unet(controlnet_config: dict, unet_config: dict, controlnet_name: str, unet_name: str) -> None:
+    """``CheckpointFormatError`` naming both models unless the ControlNet was made for a UNet
+    of this shape (e.g. an SD2 ControlNet with SD1.5: cross_attention_dim 1024 against 768)."""
+    def value(config: dict, key: str):
+        found = config.get(key)
+        if key == "transformer_layers_per_block" and isinstance(found, int):
+            found = [found] * len(config.get("down_block_types") or ())
+        return list(found) if isinstance(found, (list, tuple)) else found
+
+    differences = [f"{key} {value(controlnet_config, key)} against {value(unet_config, key)}"
+                   for key in SHARED_UNET_SETTINGS if value(controlnet_config, key) != value(unet_config, key)]
+    if differences:
+        raise CheckpointFormatError(
+            f"the ControlNet {controlnet_name} was made for another base model than {unet_name}: "
+            f"{'; '.join(differences)} (ControlNet against UNet); use the base model it was trained on "
+            f"(diffusion.sd_model_path) or a ControlNet made for this one")
 
 
 def _looks_like_hub_id(path: str) -> bool:
@@ -210,6 +239,7 @@ class ControlSpec:
     keep_aspect: bool  # False: stretched to a resolution x resolution square (the original project)
     resolution: int  # generation size: the square's side, or the side of a square of equal area
     label_set: str | None = None  # the label set of its training maps, when its metadata names one
+    scale: str = "short_side"  # aspect kept: short side = resolution ("short_side") or area = resolution^2
 
 
 def resolve_control_spec(source: ControlNetSource, config: Config) -> tuple[ControlSpec, str]:
@@ -230,7 +260,7 @@ def resolve_control_spec(source: ControlNetSource, config: Config) -> tuple[Cont
     if resolution % 8:
         raise ValueError(f"the generation resolution must be a multiple of 8, got {resolution}")
     control = ControlSpec(mode, palette, num_classes, value_range, keep_aspect, int(resolution),
-                          meta.get("label_set"))
+                          meta.get("label_set"), decode.generation_scale)
     origin = ("the original project's convention" if original_project else
               "a public ADE20K segmentation ControlNet" if source.is_public_ade20k else
               f"the {source.format} checkpoint's settings")
@@ -257,6 +287,7 @@ def _describe(control: ControlSpec) -> str:
     drawing = (f"{control.palette} palette" if control.mode == "palette"
                else f"one-hot, {control.num_classes} classes")
     values = "[0, 1]" if control.value_range == "unit" else "[-1, 1]"
-    shape = (f"aspect kept, about {control.resolution}^2 pixels" if control.keep_aspect
-             else f"stretched to {control.resolution}x{control.resolution}")
+    kept = (f"short side {control.resolution}" if control.scale == "short_side"
+            else f"about {control.resolution}^2 pixels")
+    shape = f"aspect kept, {kept}" if control.keep_aspect else f"stretched to {control.resolution}x{control.resolution}"
     return f"{drawing}, values in {values}, {shape}"

@@ -16,8 +16,10 @@ through PyTorch's scaled-dot-product kernels (diffusers' ``AttnProcessor2_0``, i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +35,7 @@ from models.decode.control import check_drawable, control_tensor, resize_label_m
 from models.decode.controlnet_loader import (CheckpointFormatError, ControlNetSource, ControlSpec,
                                              check_checkpoint_path, load_controlnet, resolve_control_spec)
 from models.decode.sampling import SamplerPlan, combine, plan_sampler
-from models.decode.stable_diffusion import SDComponents, load_sd_components
+from models.decode.stable_diffusion import SDComponents, load_sd_components, unet_fingerprint
 from models.imageio import RESIZE_FILTERS
 from models.palettes import VOC, LabelSet, get_label_set
 from models.semantic_code import SemanticCode
@@ -45,7 +47,8 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
     "dpmpp": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),  # Lu et al. 2022
     "euler": (EulerDiscreteScheduler, {}),  # Karras et al. 2022, Euler (deterministic)
 }
-SIZE_MULTIPLE = 8  # generation sizes are multiples of this many pixels
+SIZE_MULTIPLE = 8  # generation sizes are multiples of this many pixels at least (decoders use their UNet's)
+MAX_GENERATION_AREA = 2.0  # short-side rule: at most this many times resolution^2 pixels (wider images shrink)
 
 
 def make_scheduler(name: str, schedule_config: dict) -> SchedulerMixin:
@@ -110,13 +113,26 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn((1, *shape), generator=generator, dtype=torch.float32)
 
 
-def generation_size(width: int, height: int, control: ControlSpec) -> tuple[int, int]:
-    """(width, height) to generate at: the square, or the aspect ratio at about resolution^2 pixels."""
+class NonFiniteOutput(ValueError):
+    """Sampling gave NaN or infinite values (half precision overflowing, or broken weights)."""
+
+
+def generation_size(width: int, height: int, control: ControlSpec, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """(width, height) to generate at, in multiples of ``multiple``: the square, or the aspect
+    ratio kept with the short side at ``resolution`` (objects at the scale of training's crops;
+    at most ``MAX_GENERATION_AREA`` x resolution^2 pixels) or, by the "area" rule, about
+    resolution^2 pixels."""
+    resolution = control.resolution
     if not control.keep_aspect:
-        return control.resolution, control.resolution
-    scale = control.resolution / math.sqrt(width * height)
-    return tuple(max(SIZE_MULTIPLE, round(side * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE)
-                 for side in (width, height))
+        return resolution, resolution
+    scale = resolution / min(width, height) if control.scale == "short_side" else resolution / math.sqrt(width * height)
+    limit = MAX_GENERATION_AREA * resolution ** 2
+    scale = min(scale, math.sqrt(limit / (width * height)))
+    sides = [max(multiple, round(side * scale / multiple) * multiple) for side in (width, height)]
+    if sides[0] * sides[1] > limit:  # rounding (or a sliver's floor of one multiple) pushed it over
+        long = int(sides[0] < sides[1])
+        sides[long] = max(multiple, int(limit / sides[1 - long]) // multiple * multiple)
+    return sides[0], sides[1]
 
 
 def form_batches(keys: list, batch_size: int) -> list[list[int]]:
@@ -144,11 +160,17 @@ class ControlNetDecoder:
         self.control_spec, self.sampler = control, sampler
         self.resize_filter = RESIZE_FILTERS[resize_filter]
         self.vae_scale_factor = components.vae_scale_factor
+        # Generated sides are multiples of one latent pixel at the UNet's coarsest level (64 for
+        # SD1.5: the VAE's 8 times the UNet's three halvings), so no level pads or crops.
+        halvings = len(components.unet.config.block_out_channels) - 1
+        self.size_multiple = max(SIZE_MULTIPLE, self.vae_scale_factor * 2 ** halvings)
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.speed, self.active = speed, speed.resolve(self.device)  # as configured; as in effect
         self.plans: dict[tuple, SamplerPlan] = {}  # per scheduler and step count
         self.source: ControlNetSource | None = None  # set by from_config
         self.note = ""  # where the control-image convention came from
+        self.warnings: list[str] = []  # e.g. a base model other than the one the ControlNet was trained on
+        self.redone_in_float32: set[int] = set()  # of the last decode() call: codes redone in float32
         if speed.fuse_qkv:
             self.fuse_attention_projections()
 
@@ -160,12 +182,14 @@ class ControlNetDecoder:
             raise CheckpointFormatError("no ControlNet: give --checkpoint_path (or diffusion.controlnet_path)")
         check_checkpoint_path(str(path))  # before the minutes that loading SD1.5 can take
         components = load_sd_components(config.diffusion.sd_model_path)
-        source = load_controlnet(str(path), components.unet, allow_pickle=config.decode.allow_pickle)
+        source = load_controlnet(str(path), components.unet, allow_pickle=config.decode.allow_pickle,
+                                 base_name=config.diffusion.sd_model_path)
+        warnings = base_model_warnings(source, components.unet, config.diffusion.sd_model_path)
         overlay_unet_weights(components.unet, source)
         control, note = resolve_control_spec(source, config)
         decoder = cls(components, source.controlnet, control, SamplerSettings.from_config(config.decode),
                       config.decode.resize_filter, SpeedOptions.from_config(config.decode))
-        decoder.source, decoder.note = source, note
+        decoder.source, decoder.note, decoder.warnings = source, note, warnings
         decoder.enable_memory_options(config.decode)
         return decoder
 
@@ -218,7 +242,7 @@ class ControlNetDecoder:
 
     def generation_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) at which an image of this size is generated."""
-        return generation_size(width, height, self.control_spec)
+        return generation_size(width, height, self.control_spec, self.size_multiple)
 
     def check_code(self, label_map: np.ndarray, label_set: LabelSet) -> None:
         """``ValueError`` unless this ControlNet can draw ``label_map``: its values are classes (or
@@ -242,11 +266,20 @@ class ControlNetDecoder:
         sizes = [self.generation_size(code.width, code.height) for code in codes]
         sets = [(label_sets or {}).get(code.label_set) or get_label_set(code.label_set) for code in codes]
         images: list[np.ndarray] = [None] * len(codes)  # type: ignore[list-item]
+        self.redone_in_float32: set[int] = set()  # indices of codes whose half-precision run was not finite
         for batch in form_batches(sizes, batch_size or max(1, len(codes))):
             width, height = sizes[batch[0]]
             control = torch.stack([self.control_image(codes[i].label_map, (width, height), sets[i]) for i in batch])
             noise = torch.cat([initial_noise(seeds[i], self.latent_shape(width, height)) for i in batch])
-            pixels = self.sample(control, [codes[i].caption for i in batch], noise)
+            captions = [codes[i].caption for i in batch]
+            try:
+                pixels = self.sample(control, captions, noise)
+            except NonFiniteOutput:
+                if self.dtype == torch.float32:
+                    raise
+                with in_float32(self):
+                    pixels = self.sample(control, captions, noise)
+                self.redone_in_float32.update(batch)
             for index, image in zip(batch, pixels.numpy()):
                 images[index] = self.resize_to(image, codes[index].width, codes[index].height)
         return images
@@ -332,8 +365,12 @@ class ControlNetDecoder:
     def to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, h, w, 3) uint8 CPU images: the whole batch VAE-decoded and rounded on the device."""
         vae = self.pipeline.vae
+        if not torch.isfinite(latents).all():
+            raise NonFiniteOutput("the sampler's latents are not all finite")
         latents = self.layout((latents / vae.config.scaling_factor).to(self.dtype))
         images = vae.decode(latents, return_dict=False)[0]
+        if not torch.isfinite(images).all():
+            raise NonFiniteOutput("the VAE's pixels are not all finite")
         images = (images * 0.5 + 0.5).clamp(0, 1).float()  # (B, 3, h, w) in [0, 1]
         self.pipeline.maybe_free_model_hooks()
         return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
@@ -348,6 +385,33 @@ class ControlNetDecoder:
         ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
                         truncation=True, return_tensors="pt").input_ids
         return self.pipeline.text_encoder(ids.to(self.device))[0].to(self.dtype)
+
+
+@contextlib.contextmanager
+def in_float32(decoder: ControlNetDecoder) -> Iterator[None]:
+    """Run ``decoder`` in float32 for a while: its half-precision weights widened (the fix for
+    activations that overflow in half precision, as diffusers' VAE upcasting), then back."""
+    dtype = decoder.dtype
+    decoder.pipeline.to(dtype=torch.float32)
+    decoder.dtype = torch.float32
+    try:
+        yield
+    finally:
+        decoder.pipeline.to(dtype=dtype)
+        decoder.dtype = dtype
+
+
+def base_model_warnings(source: ControlNetSource, unet: torch.nn.Module, sd_model_path: str) -> list[str]:
+    """A warning when the ControlNet's metadata names a base UNet other than ``unet``."""
+    trained_on = source.metadata.get("base_fingerprint")
+    if not trained_on:
+        return []
+    fingerprint = unet_fingerprint(unet)
+    if fingerprint == trained_on:
+        return []
+    named = source.metadata.get("sd_model_path") or "another base model"
+    return [f"the ControlNet {source.path} was trained on {named} (UNet fingerprint {trained_on}); decoding with "
+            f"{sd_model_path} (fingerprint {fingerprint}), whose images it has not learned to steer"]
 
 
 def overlay_unet_weights(unet: torch.nn.Module, source: ControlNetSource) -> None:

@@ -6,7 +6,9 @@ output folder:
 
 - ``<relative path>.png``: the decoded image, at the label map's (the original image's) size;
 - ``manifest.json``: ``{"settings": ..., "images": {output path: {input, caption, seed, size,
-  generation_size}}, "software": ...}``: everything needed to reproduce each image.
+  generation_size[, redone_in_float32]}}, "software": ...}``: everything needed to reproduce each
+  image. A half-precision batch whose latents or pixels are not all finite is computed again in
+  float32, and its images say so (``redone_in_float32``); if float32 fails too, they are errors.
 
 Determinism: every image's noise comes from its own seed, and batches are formed once, over all
 inputs in sorted order, with a fixed batch size; processes then take whole batches. So what is
@@ -31,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from models.bitstream import read_code_file
 from models.config import Config
-from models.decode.decoder import ControlNetDecoder, form_batches, image_seed
+from models.decode.decoder import ControlNetDecoder, NonFiniteOutput, form_batches, image_seed
 from models.imageio import ImageReadError, atomic_save_image, atomic_write_json, is_image_name, read_json, walk_files
 from models.layout import (IMAGE_OUTPUT_SUFFIX, LABEL_SET_FILE, SEM_SUFFIX, CaptionIndex, RankRecords, find_label_set,
                            output_relpath, read_consistently, read_prompts, stem_key)
@@ -284,9 +286,13 @@ class DecodeModule(pl.LightningModule):
             except InputError as error:  # the file changed since planning
                 records.append({"item": item, "error": error.reason})
         label_sets = {item.label_set.name: item.label_set for item in good}
-        images = self.decoder.decode(codes, [item.seed for item in good], label_sets=label_sets) if codes else []
-        records += [{"item": item, "image": image} for item, image in zip(good, images)
-                    if item.output_relpath not in self.done]
+        try:
+            images = self.decoder.decode(codes, [item.seed for item in good], label_sets=label_sets) if codes else []
+        except NonFiniteOutput as error:
+            return records + [{"item": item, "error": f"{error}, also in float32"} for item in good]
+        redone = self.decoder.redone_in_float32
+        records += [{"item": item, "image": image, "redone_in_float32": index in redone}
+                    for index, (item, image) in enumerate(zip(good, images)) if item.output_relpath not in self.done]
         return records
 
 
@@ -302,7 +308,8 @@ class DecodeWriter(OutputWriter):
                 self.failures[item.relpath] = record["error"]
                 continue
             atomic_save_image(Image.fromarray(record["image"]), self.output_dir / item.output_relpath)
-            records.append({"output": item.output_relpath, **item.record()})
+            records.append({"output": item.output_relpath, **item.record(),
+                            **({"redone_in_float32": True} if record["redone_in_float32"] else {})})
             self.written += 1
         manifest_records(self.output_dir).append(trainer.global_rank, records)
 

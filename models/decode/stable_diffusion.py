@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -48,6 +49,20 @@ class SDComponents:
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell along one side (8 for SD1.5's VAE)."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def unet_fingerprint(unet: torch.nn.Module) -> str:
+    """16 hex digits identifying a UNet: its config, and per weight tensor its name, shape, sum and
+    first values (cheap, yet different for any other base model or fine-tune)."""
+    digest = hashlib.sha256()
+    config = {key: value for key, value in dict(unet.config).items() if not key.startswith("_")}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(unet.state_dict().items()):
+        values = tensor.detach().flatten().double()
+        digest.update(f"{name}{tuple(tensor.shape)}{float(values.sum()):.6e}".encode())
+        digest.update(values[:4].cpu().numpy().round(6).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def is_single_file(sd_model_path: str) -> bool:

@@ -69,3 +69,28 @@ def quality_report(config: Config, count: int = 16, seed: int = 0, split: str = 
         shuffled_miou=dataset_miou(maps, encoder.segmenter.predict(decoded_shuffled), classes),
         caption_accuracy=float(np.mean([c.caption == s.caption for c, s in zip(codes, samples)])),
         seconds=round(time.perf_counter() - start, 1))
+
+
+def aspect_ratio_mious(config: Config, aspects: tuple[float, ...], count: int = 16, seed: int = 0,
+                       size_multiple: int | None = None) -> dict[float, float]:
+    """End-to-end mIoU (``quality_report``'s) on held-out shapes images of each aspect ratio
+    (width / height; height 64 px, shapes as large as in the square training images), decoded at
+    the sizes ``config.decode`` gives them (sides in multiples of ``size_multiple``, default the
+    decoder's)."""
+    from models.decode.decoder import ControlNetDecoder, image_seed
+    from models.encode.encoder import SemanticEncoder
+    from models.layout import stem_key
+    from models.quickstart.shapes import IMAGE_SIZE, SPLIT_IDS, make_sample
+
+    encoder, decoder = SemanticEncoder.from_config(config), ControlNetDecoder.from_config(config)
+    decoder.size_multiple = size_multiple or decoder.size_multiple
+    mious = {}
+    for aspect in aspects:
+        width = round(IMAGE_SIZE * aspect)
+        samples = [make_sample([seed, SPLIT_IDS[HELD_OUT_SPLIT], index], width=width) for index in range(count)]
+        codes = encoder.encode([sample.image for sample in samples])
+        seeds = [image_seed(config.decode.seed, stem_key(image_name(index))) for index in range(count)]
+        decoded = decoder.decode(codes, seeds, config.decode.batch_size)
+        maps = [code.label_map for code in codes]
+        mious[aspect] = dataset_miou(maps, encoder.segmenter.predict(decoded), config.segmentation.num_classes)
+    return mious

@@ -81,22 +81,24 @@ class ShapesSample:
 
 
 def make_sample(seed: int | list[int], size: int = IMAGE_SIZE, max_shapes: int = 3,
-                color_mode: str = "random") -> ShapesSample:
+                color_mode: str = "random", width: int | None = None) -> ShapesSample:
     """A random sample, fully determined by ``seed`` (an int or a list of ints).
 
     ``color_mode="random"``: shape and background colours vary (the caption names them);
     ``"by_class"``: each class has one colour (``CLASS_COLORS``) on a grey background, so the
-    label map alone determines the image.
+    label map alone determines the image. ``width``: a wider canvas (``size`` stays its height
+    and sets the shapes' sizes, as in the square images).
     """
     if color_mode not in COLOR_MODES:
         raise ValueError(f"unknown color_mode {color_mode!r}; use one of {COLOR_MODES}")
+    width = width or size
     rng = np.random.default_rng(seed)
     background = str(rng.choice(list(BACKGROUND_COLORS))) if color_mode == "random" else CLASS_BACKGROUND
-    shapes = _place_shapes(rng, size, int(rng.integers(1, max_shapes + 1)), background)
+    shapes = _place_shapes(rng, size, int(rng.integers(1, max_shapes + 1)), background, width)
     if color_mode == "by_class":
         shapes = [Shape(s.kind, CLASS_COLORS[s.kind], s.left, s.top, s.side) for s in shapes]
-    image = Image.new("RGB", (size, size), BACKGROUND_COLORS[background])
-    label_map = Image.new("L", (size, size), 0)
+    image = Image.new("RGB", (width, size), BACKGROUND_COLORS[background])
+    label_map = Image.new("L", (width, size), 0)
     for shape in shapes:
         _draw(ImageDraw.Draw(image), shape, SHAPE_COLORS[shape.color])
         _draw(ImageDraw.Draw(label_map), shape, SHAPE_CLASS_IDS[shape.kind])
@@ -104,15 +106,20 @@ def make_sample(seed: int | list[int], size: int = IMAGE_SIZE, max_shapes: int =
                         tuple(shapes), background)
 
 
-def _place_shapes(rng: np.random.Generator, size: int, count: int, background: str) -> list[Shape]:
-    """Up to ``count`` shapes whose bounding boxes do not overlap (rejection sampling)."""
+def _place_shapes(rng: np.random.Generator, size: int, count: int, background: str,
+                  width: int | None = None) -> list[Shape]:
+    """Up to ``count`` shapes whose bounding boxes do not overlap (rejection sampling) on a
+    ``width`` x ``size`` canvas (square by default)."""
     shapes: list[Shape] = []
     colors = [name for name in SHAPE_COLORS if name != background]  # always visible
     for _ in range(50 * count):
         if len(shapes) == count:
             break
         side = int(rng.integers(size // 5, size // 2 + 1))
-        left, top = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+        if width in (None, size):  # the square images' exact random stream
+            left, top = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+        else:
+            left, top = int(rng.integers(0, width - side + 1)), int(rng.integers(0, size - side + 1))
         if any(_overlap((left, top, side), (s.left, s.top, s.side)) for s in shapes):
             continue
         kind = str(rng.choice(list(SHAPE_CLASS_IDS)))

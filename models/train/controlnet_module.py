@@ -33,7 +33,8 @@ from models.config import Config, ConfigError
 from models.decode.checkpoint_format import (CONTROLNET_PREFIX, EMA_PREFIX, TRAINING_KEY, UNET_PREFIX, TrainedWeights,
                                              controlnet_config_dict, training_record, write_export)
 from models.decode.control import conditioning_channels
-from models.decode.stable_diffusion import SDComponents, load_sd_components
+from models.decode.controlnet_loader import check_fits_unet
+from models.decode.stable_diffusion import SDComponents, load_sd_components, unet_fingerprint
 from models.palettes import VOC, LabelSet
 from models.train.data import derived_seed
 
@@ -88,17 +89,32 @@ def initial_controlnet(components: SDComponents, config: Config, label_set: Labe
         return ControlNetModel.from_unet(components.unet, conditioning_channels=channels,
                                          conditioning_embedding_out_channels=hint_channels(
                                              components.vae_scale_factor))
+    if Path(path).expanduser().is_file():
+        raise OSError(f"cannot fine-tune from the file {path}: training starts from a diffusers ControlNet folder "
+                      f"or hub id (python -m models.train.export CKPT OUT makes a folder of a training checkpoint), "
+                      f"or set diffusion.controlnet_path=null to start from the UNet")
     try:
         controlnet = ControlNetModel.from_pretrained(path)
     except (OSError, ValueError) as error:
         raise OSError(f"cannot load the ControlNet to fine-tune from {path!r}: "
                       f"{str(error).splitlines()[0]}; set diffusion.controlnet_path=null to start "
                       f"from the UNet") from None
+    check_fits_unet(controlnet.config, components.unet.config, path, config.diffusion.sd_model_path)
     if controlnet.config.conditioning_channels != channels:
         raise ValueError(f"{path} takes {controlnet.config.conditioning_channels} control channels, "
                          f"{config.diffusion.conditioning!r} conditioning gives {channels}; set "
                          f"diffusion.controlnet_path=null to start from the UNet")
     return controlnet
+
+
+def check_scheduler(scheduler_config, val_timesteps: list[int]) -> None:
+    """``ConfigError`` unless ``train.val_timesteps`` are timesteps of the scheduler; ``ValueError``
+    for a prediction type the loss does not know."""
+    steps = scheduler_config.num_train_timesteps
+    if any(not 0 <= t < steps for t in val_timesteps):
+        raise ConfigError(f"train.val_timesteps must lie in [0, {steps}), got {val_timesteps}")
+    if scheduler_config.prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"unsupported prediction type {scheduler_config.prediction_type!r}")
 
 
 class ControlNetModule(pl.LightningModule):
@@ -109,6 +125,7 @@ class ControlNetModule(pl.LightningModule):
         check_train_config(config)
         self.config, self.label_set = config, label_set  # label_set: of the training maps
         components = components or load_sd_components(config.diffusion.sd_model_path)
+        self.base_fingerprint = unet_fingerprint(components.unet)  # before any of it trains
         self.vae, self.text_encoder, self.unet = components.vae, components.text_encoder, components.unet
         self.tokenizer, self.noise_scheduler = components.tokenizer, components.scheduler
         with torch.random.fork_rng(devices=[]):  # the same initial weights in every run and rank
@@ -118,7 +135,7 @@ class ControlNetModule(pl.LightningModule):
         self.controlnet_ema = (copy.deepcopy(self.controlnet).requires_grad_(False)
                                if config.train.ema_decay is not None else None)
         self._configure_speed()
-        self._check_timesteps()
+        check_scheduler(self.noise_scheduler.config, config.train.val_timesteps)
         self.strict_loading = False  # checkpoints leave the frozen weights out on purpose
         self.latent_cache: dict[str, torch.Tensor] = {}
         self.text_cache: dict[str, torch.Tensor] = {}
@@ -146,14 +163,6 @@ class ControlNetModule(pl.LightningModule):
         if train.channels_last:
             self.controlnet.to(memory_format=torch.channels_last)
             self.unet.to(memory_format=torch.channels_last)
-
-    def _check_timesteps(self) -> None:
-        steps = self.noise_scheduler.config.num_train_timesteps
-        if any(not 0 <= t < steps for t in self.config.train.val_timesteps):
-            raise ConfigError(f"train.val_timesteps must lie in [0, {steps}), "
-                              f"got {self.config.train.val_timesteps}")
-        if self.noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"unsupported prediction type {self.noise_scheduler.config.prediction_type!r}")
 
     def sd_components(self) -> SDComponents:
         """The frozen SD1.5 components, as the decoder takes them (the module's own objects)."""
@@ -210,26 +219,28 @@ class ControlNetModule(pl.LightningModule):
         return DiagonalGaussianDistribution(parameters)  # (B, 2 * 4, h, w): mean and log-variance
 
     def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
-                control: torch.Tensor) -> torch.Tensor:
-        """UNet output with the ControlNet's residuals added: (B, 4, h, w)."""
+                control: torch.Tensor, controlnet: ControlNetModel | None = None) -> torch.Tensor:
+        """UNet output with the residuals of ``controlnet`` (default: the live one) added: (B, 4, h, w)."""
         if self.config.train.channels_last:
             noisy_latents = noisy_latents.contiguous(memory_format=torch.channels_last)
             control = control.contiguous(memory_format=torch.channels_last)
-        down_residuals, mid_residual = self.controlnet(
+        down_residuals, mid_residual = (self.controlnet if controlnet is None else controlnet)(
             noisy_latents, timesteps, encoder_hidden_states=text, controlnet_cond=control, return_dict=False)
         return self.unet(noisy_latents, timesteps, encoder_hidden_states=text,
                          down_block_additional_residuals=down_residuals,
                          mid_block_additional_residual=mid_residual, return_dict=False)[0]
 
     def denoising_loss(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-                       text: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
-        """MSE between the prediction and the scheduler's target (epsilon or v)."""
+                       text: torch.Tensor, control: torch.Tensor,
+                       controlnet: ControlNetModel | None = None) -> torch.Tensor:
+        """MSE between the prediction (with ``controlnet``, default the live one) and the
+        scheduler's target (epsilon or v)."""
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)  # (B, 4, h, w)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        prediction = self.predict(noisy, timesteps, text, control)
+        prediction = self.predict(noisy, timesteps, text, control, controlnet)
         return F.mse_loss(prediction.float(), target.float())
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -249,10 +260,17 @@ class ControlNetModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
 
+    @property
+    def exported_controlnet(self) -> ControlNetModel:
+        """The ControlNet an export holds: the EMA copy when the run keeps one."""
+        return self.controlnet_ema if self.controlnet_ema is not None else self.controlnet
+
     @torch.no_grad()
-    def validation_loss(self, batch: dict) -> torch.Tensor:
-        """Denoising loss averaged over ``train.val_timesteps`` with noise fixed per sample key,
-        so it is comparable between steps and runs (captions kept, posterior mean)."""
+    def validation_loss(self, batch: dict, controlnet: ControlNetModel | None = None) -> torch.Tensor:
+        """Denoising loss of ``controlnet`` (default: the exported one) averaged over
+        ``train.val_timesteps`` with noise fixed per sample key, so it is comparable between
+        steps and runs (captions kept, posterior mean)."""
+        controlnet = self.exported_controlnet if controlnet is None else controlnet
         posterior = self.latent_distribution(batch["pixel_values"], batch["key"])
         latents = posterior.mode().float() * self.vae.config.scaling_factor  # (B, 4, h, w)
         text = self.encode_text(list(batch["caption"]))
@@ -262,11 +280,15 @@ class ControlNetModule(pl.LightningModule):
                 torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(
                     derived_seed(zlib.crc32(key.encode()), t))) for key in batch["key"]]).to(latents)
             timesteps = torch.full((len(latents),), t, device=self.device, dtype=torch.long)
-            losses.append(self.denoising_loss(latents, noise, timesteps, text, batch["control"]))
+            losses.append(self.denoising_loss(latents, noise, timesteps, text, batch["control"], controlnet))
         return torch.stack(losses).mean()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.log("val/loss", self.validation_loss(batch), sync_dist=True, batch_size=len(batch["key"]))
+        """``val/loss`` of the weights an export holds; with EMA also ``val/loss_live``."""
+        size = len(batch["key"])
+        self.log("val/loss", self.validation_loss(batch), sync_dist=True, batch_size=size)
+        if self.controlnet_ema is not None:
+            self.log("val/loss_live", self.validation_loss(batch, self.controlnet), sync_dist=True, batch_size=size)
 
     # ----- optimisation --------------------------------------------------------------------------
 
@@ -321,7 +343,7 @@ class ControlNetModule(pl.LightningModule):
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint[TRAINING_KEY] = training_record(self.controlnet, self.config, self.controlnet_ema is not None,
-                                                   self.label_set)
+                                                   self.label_set, self.base_fingerprint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint whose trained parts differ from this module's (EMA, UNet half)."""
@@ -335,11 +357,11 @@ class ControlNetModule(pl.LightningModule):
 
     def trained_weights(self) -> TrainedWeights:
         """What an export holds: the ControlNet (its EMA copy if any) and the trained UNet half."""
-        source = self.controlnet_ema if self.controlnet_ema is not None else self.controlnet
+        source = self.exported_controlnet
         unet = {name: p.detach() for name, p in self.unet.named_parameters() if p.requires_grad}
         return TrainedWeights(controlnet_config_dict(self.controlnet), source.state_dict(), unet,
                               self.config.to_dict(), self.controlnet_ema is not None, self.global_step,
-                              self.label_set.name, self.label_set.num_classes)
+                              self.label_set.name, self.label_set.num_classes, self.base_fingerprint)
 
     def export(self, output_dir: str | Path) -> Path:
         """Write the export folder (``models.decode.checkpoint_format``)."""

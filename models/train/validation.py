@@ -53,7 +53,7 @@ def training_decoder(module: pl.LightningModule) -> ControlNetDecoder:
     weights, compilation) stay off; the precomputed sampler only changes the loop.
     """
     config, label_set = module.config, module.label_set
-    controlnet = module.controlnet_ema if module.controlnet_ema is not None else module.controlnet
+    controlnet = module.exported_controlnet
     metadata = control_metadata(config.to_dict(), label_set.name, label_set.num_classes)
     source = ControlNetSource(controlnet, "training", str(config.train.output_dir), metadata=metadata)
     control, _ = resolve_control_spec(source, config)
