@@ -26,6 +26,7 @@ ALLOWED = {
     "train": {CORE, "encode", "decode"},  # data preparation; the checkpoint format, SD1.5, the decoder
     "tiny": {CORE, "encode", "decode", "evaluation"},  # the real formats it writes
     "quickstart": {CORE, "bitstream", "encode", "decode", "evaluation", "baselines"},
+    "app": {CORE, "bitstream", "encode", "decode", "evaluation", "baselines", "quickstart"},  # the page over it all
 }
 MAX_FUNCTION_LINES, MAX_CLASS_LINES = 50, 250
 

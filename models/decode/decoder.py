@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,6 +171,7 @@ class ControlNetDecoder:
         self.note = ""  # where the control-image convention came from
         self.warnings: list[str] = []  # e.g. a base model other than the one the ControlNet was trained on
         self.redone_in_float32: set[int] = set()  # of the last decode() call: codes redone in float32
+        self.on_step: Callable[[], None] | None = None  # called once per sampler step (a progress display)
         if speed.fuse_qkv:
             self.fuse_attention_projections()
 
@@ -360,6 +361,8 @@ class ControlNetDecoder:
         if guided:
             unguided, guided_pred = noise_pred.chunk(2)
             noise_pred = unguided + settings.guidance_scale * (guided_pred - unguided)
+        if self.on_step is not None:
+            self.on_step()
         return noise_pred
 
     def to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
