@@ -9,11 +9,14 @@ folder that already holds maps of another label set is refused unless --overwrit
 
 For every image under --input_dir (recursively, subfolders mirrored) this writes, at the same
 relative path, a .sem file (label map + caption + optional seed in our compact format, see
-docs/bitstream.md; --grid G codes the map on a G-cell grid) and, for training, a label map as a
+docs/bitstream.md; --grid G codes the map on a G-cell grid; --target_bytes N or --target_bpp B
+makes each file the finest that fits that budget) and, for training, a label map as a
 palette PNG with a .png extension plus one prompts.json that maps each image's path relative to
 --input_dir to its caption (--format chooses: both, sem or png). Finished images (every
 requested output present) are skipped on a re-run unless --overwrite is given. Bad files are
 reported one line each; the others are still encoded, and the exit status is 1 if anything failed.
+A file over its budget even at the coarsest grid is kept at that grid and reported with its
+overshoot; the exit status is then 3 (if nothing failed).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from models.cli import add_encoder_arguments, config_from_args
+from models.cli import add_encoder_arguments, add_rate_arguments, config_from_args
 from models.config import ConfigError
 from models.imageio import check_output_not_inside_input
 from models.layout import ENCODE_FORMATS
@@ -38,9 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="re-encode images already done")
     parser.add_argument("--format", default="both", choices=ENCODE_FORMATS,
                         help="outputs: .sem files, palette PNGs + prompts.json, or both")
-    parser.add_argument("--grid", type=int, default=None,
-                        help=".sem compact mode: map on a grid of G cells on the long side "
-                             "(default: lossless)")
+    add_rate_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, help="decoding seed stored in .sem files")
     add_encoder_arguments(parser)
     return parser.parse_args(argv)
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         check_output_not_inside_input(input_dir, output_dir)
         config = config_from_args(args)
         devices = resolve_devices(args)
-        outputs = OutputSpec(format=args.format, grid=args.grid, seed=args.seed)
+        outputs = OutputSpec(format=args.format, grid=args.grid, seed=args.seed, target_bytes=args.target_bytes,
+                             target_bpp=args.target_bpp)
     except (ValueError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,12 +1,15 @@
 """Rate of the .sem format against palette PNG and WebP lossless on real VOC and ADE20K label maps.
 
     python bench/bitstream.py [--masks tests/data/voc-samples/masks] [--ade_maps ...] [--repeats 3]
+                              [--budgets 48,64,96,128,256,512,1024] [--budget_caption "a man riding a horse"]
 
 Prints one table (mean over the masks; bits per pixel relative to each map's size, from
 ``models.rate.bits_per_pixel``; agreement = fraction of non-void pixels equal after decoding;
 ms = encode + decode, best of --repeats, after one warm-up), the same for one 512x512 map and for
 the ADE20K annotations (``ade20k`` codes, format version 2; no void, so every pixel counts), then
-the caption sizes of the fixture captions.
+the caption sizes of the fixture captions. The rate-control table codes each VOC mask with
+``--budget_caption`` within each of ``--budgets`` bytes (``models.bitstream.encode_within``: lossless
+if it fits, else the finest grid that fits) and gives bytes, grids and agreement.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from models.bitstream import decode_code, encode_caption, encode_code, inspect_code  # noqa: E402
+from models.bitstream import RateSearch, decode_code, encode_caption, encode_code, inspect_code  # noqa: E402
 from models.palettes import ADE20K, VOC, LabelSet, label_map_to_pil  # noqa: E402
 from models.rate import bits_per_pixel  # noqa: E402
 from models.semantic_code import SemanticCode  # noqa: E402
@@ -42,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="mask stretched (nearest) to 512x512 for the second table")
     parser.add_argument("--ade_maps", default=str(REPO / "tests/data/ade-samples/annotations"),
                         help="folder of ADE20K annotation PNGs (0 other, 1..150 classes) for the third table")
+    parser.add_argument("--budgets", default="48,64,96,128,256,512,1024", help="byte budgets of the rate-control table")
+    parser.add_argument("--budget_caption", default="a man riding a horse",
+                        help="the caption stored with every mask in the rate-control table")
     return parser.parse_args(argv)
 
 
@@ -122,6 +128,29 @@ def compact_map_bytes(label_maps: list[np.ndarray], grids: list[int], label_set:
     print("\nCompact mode, map part only (mean bytes):", ", ".join(parts))
 
 
+def budget_table(label_maps: list[np.ndarray], budgets: list[int], caption: str, void: int | None) -> None:
+    """Rate control on every map: mean bytes, the grids chosen and the agreement per budget."""
+    print(f"\nRate control: whole files with the caption {caption!r}, within each budget (mean per map)\n")
+    print("| budget | bytes | bpp | grids chosen (min / median / max) | lossless | agreement | ms |")
+    print("|---:|---:|---:|---|---:|---:|---:|")
+    for budget in budgets:
+        sizes, rates, grids, agreements, times = [], [], [], [], []
+        for label_map in label_maps:
+            code = SemanticCode(label_map, caption)
+            fitted, ms = timed(lambda: RateSearch(code).fit(budget), 1)
+            decoded = decode_code(fitted.data).label_map
+            valid = label_map != (-1 if void is None else void)
+            sizes.append(fitted.num_bytes)
+            rates.append(fitted.bits_per_pixel)
+            grids.append(fitted.grid)
+            agreements.append(float(np.mean(decoded[valid] == label_map[valid])))
+            times.append(ms)
+        coarse = sorted(grid for grid in grids if grid is not None)
+        shown = f"{coarse[0]} / {np.median(coarse):g} / {coarse[-1]}" if coarse else "-"
+        print(f"| {budget} | {np.mean(sizes):.1f} | {np.mean(rates):.4f} | {shown} | {grids.count(None)} | "
+              f"{np.mean(agreements):.4f} | {np.mean(times):.0f} |")
+
+
 def caption_sizes(captions: list[str]) -> None:
     coded = [len(encode_caption(caption)[1]) for caption in captions]
     utf8 = [len(caption.encode("utf-8")) for caption in captions]
@@ -167,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(f"{len(paths)} label maps from {args.masks} (mean per map)", label_maps, grids,
                 args.repeats)
     compact_map_bytes(label_maps, grids)
+    budget_table(label_maps, [int(b) for b in args.budgets.split(",") if b], args.budget_caption, VOC.void)
     large = Image.open(Path(args.masks) / args.large_mask).resize((512, 512), Image.NEAREST)
     print_table(f"One 512x512 map ({args.large_mask} stretched, nearest)", [np.array(large)],
                 grids, args.repeats)

@@ -77,6 +77,19 @@ def add_device_arguments(parser: argparse.ArgumentParser, gpu_flag: Literal["--g
     group.add_argument("--num_nodes", type=int, default=1, help="number of machines (multi-node DDP)")
 
 
+def add_rate_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--grid G``, ``--target_bytes N`` or ``--target_bpp B`` (at most one): how ``.sem`` maps are coded
+    (``models.bitstream.rate_control``)."""
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--grid", type=int, default=None,
+                      help=".sem compact mode: the map on a grid of G cells on the long side (default: lossless)")
+    rate.add_argument("--target_bytes", type=int, default=None,
+                      help=".sem byte budget per file, header and caption included: lossless if it fits, else "
+                           "the finest grid that fits (the grid G whose file fits while G + 1's does not)")
+    rate.add_argument("--target_bpp", type=float, default=None,
+                      help="the same budget in bits per pixel of each image (rounded down to whole bytes)")
+
+
 def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of every command that runs the encoder (process_input.py, models.train.prepare_data)."""
     add_config_arguments(parser)

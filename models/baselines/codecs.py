@@ -32,12 +32,10 @@ from PIL import Image
 
 import pillow_jxl  # noqa: F401  (registers the JPEG XL plugin with Pillow)
 
+from models.rate import LOW_END_SCAN, first_fitting, last_fitting  # noqa: F401  (shared with the .sem grid search)
+
 SCALE_STEPS_PER_HALVING = 8  # downscaling ladder: scale_k = 2 ** (-k / 8)
 MIN_SIDE = 8  # never shrink an image below 8 pixels on its shorter side
-# Qualities above the lowest tried before giving up. On the 14 VOC photos at every 4th scale, a
-# quality smaller than all lower ones came at most 3 steps above the lowest (AVIF's 3; JPEG's 2 or
-# 3; JPEG XL's 1 or 2) except two 1-byte dips of JPEG XL on images about 15 pixels high.
-LOW_END_SCAN = 3
 
 
 @dataclass(frozen=True)
@@ -141,34 +139,6 @@ class Compressed:
     @property
     def num_bytes(self) -> int:
         return len(self.data)
-
-
-def first_fitting(fits: Callable[[int], bool], low: int, high: int, scan: int = LOW_END_SCAN) -> int | None:
-    """The first ``x`` in ``low..min(low + scan, high)`` with ``fits(x)``; None if none does."""
-    return next((x for x in range(low, min(low + scan, high) + 1) if fits(x)), None)
-
-
-def last_fitting(fits: Callable[[int], bool], low: int, high: int, scan: int = LOW_END_SCAN) -> int | None:
-    """An ``x`` in ``low..high`` with ``fits(x)`` and not ``fits(x + 1)`` (or ``x == high``), by bisection.
-
-    The bisection starts from ``first_fitting(fits, low, high, scan)`` and keeps "``low`` fits,
-    ``high`` does not" as its invariant, so its answer keeps that promise whatever ``fits`` does;
-    where ``fits`` is true up to some ``x`` and false above, the answer is that ``x``. None when
-    none of the lowest ``scan + 1`` fits.
-    """
-    start = first_fitting(fits, low, high, scan)
-    if start is None:
-        return None
-    if fits(high):
-        return high
-    low = start
-    while high - low > 1:  # invariant: low fits, high does not
-        middle = (low + high) // 2
-        if fits(middle):
-            low = middle
-        else:
-            high = middle
-    return low
 
 
 def highest_fitting(size_of: Callable[[int], int], low: int, high: int, max_bytes: int,

@@ -1,13 +1,16 @@
 """The command line of the ``.sem`` format: encode a label map, decode a file, print its fields.
 
-    python -m models.bitstream encode MAP.png OUT.sem [--caption TEXT] [--seed N] [--grid G] [--label_set NAME]
+    python -m models.bitstream encode MAP.png OUT.sem [--caption TEXT] [--seed N] [--label_set NAME]
+                                  [--grid G | --target_bytes N | --target_bpp B]
     python -m models.bitstream decode IN.sem MAP.png
     python -m models.bitstream info IN.sem
 
 A map's label set is the one its folder declares (``label_set.json``, ``models.layout``; VOC where
 none does) unless ``--label_set`` names one; decoding draws the map in its set's colours. A file
 that cannot be read, decoded or written is one line on stderr, ``error: FILE: reason``, and exit
-status 1.
+status 1. With ``--target_bytes`` or ``--target_bpp`` the file is the finest that fits the budget
+(``models.bitstream.rate_control``); one over budget even at the coarsest grid is still written,
+with a line on stderr saying by how much, and exit status 3.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import json
 import sys
 
 from models.bitstream.errors import BitstreamError
+from models.bitstream.rate_control import OVER_BUDGET_STATUS, write_sem_within
 from models.bitstream.sem_file import MAX_PIXELS, inspect_code, read_sem, read_sem_bytes, write_sem
+from models.cli import add_rate_arguments
 from models.imageio import ImageReadError, atomic_save_image, read_label_map
 from models.layout import find_label_set
 from models.palettes import UINT8, LabelSet, label_map_to_pil
-from models.rate import bits_per_pixel
+from models.rate import bits_per_pixel, budget_bytes
 from models.semantic_code import SemanticCode
 
 
@@ -37,8 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     encode.add_argument("output", help="the .sem file to write")
     encode.add_argument("--caption", default="", help="caption text")
     encode.add_argument("--seed", type=int, default=None, help="decoding seed to store")
-    encode.add_argument("--grid", type=int, default=None,
-                        help="compact mode: grid cells on the long side; None: lossless")
+    add_rate_arguments(encode)
     encode.add_argument("--label_set", default=None,
                         help="label set of the map: voc, ade20k, uint8 or a custom set's name (its "
                              "label_set.json in the map's folder or above); None: the folder's set, "
@@ -53,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def encode_command(args: argparse.Namespace) -> None:
+def encode_command(args: argparse.Namespace) -> int:
     """Label map PNG (+ caption, seed) -> ``.sem`` file; prints its size and rate."""
     # The format cannot hold more pixels than MAX_PIXELS: refuse larger maps before decoding them.
     label_map = read_label_map(args.label_map, max_pixels=MAX_PIXELS)
@@ -64,9 +68,18 @@ def encode_command(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.label_map}: {error}; if the map is of another set, pass --label_set (e.g. "
                          f"ade20k) or put its label_set.json beside it") from None
     code = SemanticCode(label_map, args.caption, args.seed, label_set=label_set.name)
+    budget = budget_bytes(code.width, code.height, args.target_bytes, args.target_bpp)
+    if budget is not None:
+        fitted = write_sem_within(args.output, code, budget)
+        print(f"{args.output}: {fitted.describe()}")
+        if not fitted.fits:
+            print(f"over budget: {args.output}: {fitted.describe()}", file=sys.stderr)
+            return OVER_BUDGET_STATUS
+        return 0
     size = write_sem(args.output, code, grid=args.grid)
     print(f"{args.output}: {size} bytes, "
           f"{bits_per_pixel(size, code.width, code.height):.5f} bits per pixel")
+    return 0
 
 
 def decode_command(args: argparse.Namespace) -> None:
@@ -104,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; a failure prints one line naming the file and returns 1."""
     args = parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
     except (BitstreamError, ImageReadError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

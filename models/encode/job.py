@@ -11,7 +11,10 @@ Layout written under the output folder:
 
 ``OutputSpec.format`` chooses the outputs: ``png`` (the training layout, PNG + ``prompts.json``;
 the default here, which ``models.train.prepare_data`` relies on), ``sem`` (only ``.sem`` files) or
-``both`` (what ``process_input.py`` writes by default). The job is resumable: an image counts
+``both`` (what ``process_input.py`` writes by default). ``.sem`` files are lossless, on
+``OutputSpec.grid``, or the finest file within a byte budget (``target_bytes`` / ``target_bpp``;
+``models.bitstream.rate_control``; a file over budget even at the coarsest grid is kept there and
+reported, and the exit status is then ``OVER_BUDGET_STATUS``). The job is resumable: an image counts
 as done when every requested output exists (its ``.sem`` file; its label map and its recorded
 caption), and done images are skipped unless ``overwrite`` is set. While the job runs, each
 process appends its captions to ``.prompts.rank<R>.jsonl`` right after writing the label map;
@@ -22,20 +25,24 @@ communication, and each item is written by exactly one process.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
 
-from models.bitstream import write_sem
+from models.bitstream import (OVER_BUDGET_STATUS, BitstreamError, Fitted, inspect_code, read_sem_bytes, write_sem,
+                              write_sem_within)
 from models.config import Config
 from models.encode.encoder import SemanticEncoder
 from models.imageio import ImageReadError, InputFile, atomic_save_image, read_json, read_rgb
 from models.layout import (ENCODE_FORMATS, LABEL_SET_FILE, PROMPTS_FILE, RankRecords, label_map_relpath, list_inputs,
                            read_consistently, read_prompts, sem_relpath, write_label_set, write_prompts)
 from models.palettes import LabelSet, label_map_to_pil
+from models.rate import budget_bytes
 from models.runtime import (DeviceSpec, JobResult, OutputWriter, is_global_zero, network_dtype, prediction_trainer,
                             print_job_report)
 from models.semantic_code import SemanticCode
@@ -48,6 +55,8 @@ class OutputSpec:
     format: str = "png"  # "png" (PNG + prompts.json), "sem" (.sem files only) or "both"
     grid: int | None = None  # .sem compact mode: grid cells on the long side; None: lossless
     seed: int | None = None  # decoding seed stored in every .sem file
+    target_bytes: int | None = None  # .sem byte budget per file: the finest file that fits (rate control)
+    target_bpp: float | None = None  # the same budget in bits per pixel of each image
 
     def __post_init__(self) -> None:
         if self.format not in ENCODE_FORMATS:
@@ -57,6 +66,21 @@ class OutputSpec:
             raise ValueError(f"--grid must be at least 1, got {self.grid}")
         if self.seed is not None and not 0 <= self.seed < 2**64:
             raise ValueError(f"--seed must be in 0..2^64-1, got {self.seed}")
+        if sum(value is not None for value in (self.grid, self.target_bytes, self.target_bpp)) > 1:
+            raise ValueError("give at most one of --grid, --target_bytes and --target_bpp")
+        try:
+            budget_bytes(1, 1, self.target_bytes, self.target_bpp)
+        except ValueError as error:
+            flag = "--target_bytes" if self.target_bytes is not None else "--target_bpp"
+            raise ValueError(f"{flag}: {error}") from None
+
+    def budget(self, width: int, height: int) -> int | None:
+        """The byte budget of the ``.sem`` file of a ``width`` x ``height`` image; None: no budget."""
+        return budget_bytes(width, height, self.target_bytes, self.target_bpp)
+
+    @property
+    def has_budget(self) -> bool:
+        return self.target_bytes is not None or self.target_bpp is not None
 
     @property
     def writes_sem(self) -> bool:
@@ -98,6 +122,7 @@ class EncodePlan:
     ignored: list[str] = field(default_factory=list)  # not image files
     failures: dict[str, str] = field(default_factory=dict)  # relpath -> reason
     overwrite: bool = False  # redo done images (and replace the folder's label set)
+    over_budget: dict[str, str] = field(default_factory=dict)  # done images whose .sem file exceeds the budget
 
 
 def read_captions(output_dir: Path) -> dict[str, str]:
@@ -122,9 +147,29 @@ def plan_encode(input_dir: Path, output_dir: Path, overwrite: bool = False,
     for item in listing.files:
         if not overwrite and is_done(item.relpath, output_dir, outputs, captions):
             plan.done.append(item.relpath)
+            overshoot = done_over_budget(sem_path(output_dir, item.relpath), outputs)
+            if overshoot:
+                plan.over_budget[item.relpath] = overshoot
         else:
             plan.todo.append(item)
     return plan
+
+
+def done_over_budget(path: Path, outputs: OutputSpec) -> str | None:
+    """Why the ``.sem`` file an earlier run left at ``path`` exceeds the budget of ``outputs``; None
+    when it fits (or there is no budget, or no readable file)."""
+    if not (outputs.has_budget and outputs.writes_sem):
+        return None
+    try:
+        info = inspect_code(read_sem_bytes(path))
+    except BitstreamError:
+        return None
+    budget = outputs.budget(info.width, info.height)
+    if info.num_bytes <= budget:
+        return None
+    mode = "lossless" if info.grid is None else f"grid {info.grid}"
+    return (f"{info.num_bytes} bytes ({mode}), over the {budget}-byte budget by {info.num_bytes - budget} bytes "
+            f"(written by an earlier run; --overwrite codes it again)")
 
 
 class ImageFiles(Dataset):
@@ -170,12 +215,44 @@ class EncodeModule(pl.LightningModule):
         return [record for record in batch if record["relpath"] is not None]
 
 
+@dataclass
+class EncodeResult(JobResult):
+    """A job's result with what rate control chose for each ``.sem`` file it wrote."""
+
+    fitted: dict[str, Fitted] = field(default_factory=dict)  # relpath -> file (only with a budget)
+
+    @property
+    def over_budget(self) -> dict[str, str]:
+        """relpath -> size and overshoot, for the files over their budget even at the coarsest grid."""
+        return {relpath: fitted.describe() for relpath, fitted in self.fitted.items() if not fitted.fits}
+
+
 class EncodeWriter(OutputWriter):
     """Writes .sem files and/or label maps and captions as soon as a batch is done."""
 
     def __init__(self, output_dir: Path, outputs: OutputSpec = OutputSpec()):
         super().__init__(output_dir)
         self.outputs = outputs
+        self.fitted: dict[str, Fitted] = {}
+
+    def result(self, trainer) -> EncodeResult:
+        """Every process's counts, failures and rate-control choices (call it on every process)."""
+        base, parts = super().result(trainer), [self.fitted]
+        if trainer.world_size > 1:
+            parts = [None] * trainer.world_size
+            torch.distributed.all_gather_object(parts, self.fitted)
+        fitted = {relpath: chosen for part in parts for relpath, chosen in part.items()}
+        return EncodeResult(base.written, base.failures, base.is_global_zero, fitted)
+
+    def write_sem(self, relpath: str, code: SemanticCode) -> None:
+        """The ``.sem`` file of one image: at the budget, on the grid, or lossless."""
+        code = SemanticCode(code.label_map, code.caption, self.outputs.seed, code.label_set)
+        path = sem_path(self.output_dir, relpath)
+        budget = self.outputs.budget(code.width, code.height)
+        if budget is None:
+            write_sem(path, code, grid=self.outputs.grid)
+        else:
+            self.fitted[relpath] = write_sem_within(path, code, budget)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
                            batch_idx, dataloader_idx=0) -> None:
@@ -187,9 +264,7 @@ class EncodeWriter(OutputWriter):
             code = record["code"]
             if self.outputs.writes_sem:
                 try:
-                    write_sem(sem_path(self.output_dir, record["relpath"]),
-                              SemanticCode(code.label_map, code.caption, self.outputs.seed, code.label_set),
-                              grid=self.outputs.grid)
+                    self.write_sem(record["relpath"], code)
                 except ValueError as error:  # e.g. a map larger than the format allows
                     self.failures[record["relpath"]] = f"cannot write its .sem file ({error})"
                     continue
@@ -247,7 +322,29 @@ def run_encode(plan: EncodePlan, config: Config, devices: DeviceSpec, output_dir
 
 
 def report(plan: EncodePlan, result: JobResult | None, output_dir: Path) -> int:
-    """Print one line per failed file and a summary; the exit status (1 if anything failed)."""
+    """Print one line per failed or over-budget file and a summary; the exit status: 1 if anything
+    failed, else 3 (``OVER_BUDGET_STATUS``) if a file exceeds its budget, else 0."""
     failures = {**plan.failures, **(result.failures if result is not None else {})}
-    return print_job_report("encoded", result.written if result is not None else 0, len(plan.done),
-                            failures, plan.ignored, "not an image file (by its extension)", output_dir)
+    fitted = result.fitted if isinstance(result, EncodeResult) else {}
+    over_budget = {**plan.over_budget, **(result.over_budget if isinstance(result, EncodeResult) else {})}
+    for relpath in sorted(over_budget):
+        print(f"over budget: {relpath}: {over_budget[relpath]}", file=sys.stderr)
+    status = print_job_report("encoded", result.written if result is not None else 0, len(plan.done),
+                              failures, plan.ignored, "not an image file (by its extension)", output_dir)
+    if fitted:
+        print(rate_control_summary(fitted))
+    if over_budget:
+        print(f"over budget: {len(over_budget)} file(s) exceed their budget even at the coarsest grid "
+              f"(kept there; listed above)")
+    return status or (OVER_BUDGET_STATUS if over_budget else 0)
+
+
+def rate_control_summary(fitted: dict[str, Fitted]) -> str:
+    """One line: how many files rate control wrote, their sizes, budgets and grids."""
+    sizes = [chosen.num_bytes for chosen in fitted.values()]
+    budgets = sorted({chosen.max_bytes for chosen in fitted.values()})
+    grids = [chosen.grid for chosen in fitted.values() if chosen.grid is not None]
+    budget = f"{budgets[0]}" if len(budgets) == 1 else f"{budgets[0]}-{budgets[-1]}"
+    text = (f"rate control: {len(fitted)} file(s) of {min(sizes)}-{max(sizes)} bytes for a budget of {budget} "
+            f"bytes; {len(fitted) - len(grids)} lossless")
+    return text + (f", grids {min(grids)}-{max(grids)}" if grids else "")
