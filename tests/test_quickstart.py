@@ -122,14 +122,40 @@ def test_the_demo_writes_its_report(tmp_path, one_cpu_thread):
     ours = next(run for run in bpp["runs"] if run["method"] == "ours")["metrics"]
     sizes = [sem.stat().st_size for sem in sems]
     assert ours["bpp"] == pytest.approx(np.mean([8 * s / 64**2 for s in sizes]), rel=1e-6)
+    check_our_curve(output, bpp["runs"])
     # a second run into the same report folder replaces it; a foreign folder is refused
-    assert main(["--output_dir", str(output), "--num_images", "2", "--codecs", "jpeg"]) == 0
+    assert main(["--output_dir", str(output), "--num_images", "2", "--codecs", "jpeg", "--budgets"]) == 0
     assert len(list((output / "semantic").rglob("*.sem"))) == 2
+    assert not (output / "rate_control").exists()
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
     assert main(["--output_dir", str(foreign)]) == 2
     assert (foreign / "keep.txt").read_text() == "mine"
+
+
+def check_our_curve(output, runs) -> None:
+    """The demo's rate-distortion curve: a point per budget besides the lossless one (at least four
+    in all), each file within its budget, as process_input.py --target_bytes writes it."""
+    import process_input
+    from models.quickstart.demo import BUDGETS
+    from models.quickstart.model_folder import SHAPES_CONFIG
+
+    ours = [run for run in runs if run["method"] == "ours"]
+    assert len(ours) == len(BUDGETS) + 1 >= 4
+    rates = [run["metrics"]["bpp"] for run in ours]
+    assert rates[0] == max(rates) and len(set(rates)) >= 4  # lossless first, then distinct points
+    for budget, run in zip(BUDGETS, ours[1:]):
+        files = sorted((output / "rate_control" / f"{budget}B" / "semantic").glob("*.sem"))
+        assert len(files) == 3 and all(path.stat().st_size <= budget for path in files)
+        assert run["metrics"]["sem_miou"] is not None
+    assert "Our rate-distortion curve" in (output / "report.md").read_text(encoding="utf-8")
+    direct = output.parent / "direct"
+    assert process_input.main(["--input_dir", str(output / "originals"), "--output_dir", str(direct), "--format",
+                               "sem", "--config_path", str(SHAPES_CONFIG), "--target_bytes", str(BUDGETS[1])]) == 0
+    assert len(list(direct.glob("*.sem"))) == 3
+    for path in sorted(direct.glob("*.sem")):
+        assert path.read_bytes() == (output / "rate_control" / f"{BUDGETS[1]}B" / "semantic" / path.name).read_bytes()
 
 
 def test_the_demo_runs_any_config_on_your_images(tmp_path, tiny_config, one_cpu_thread):
@@ -147,10 +173,11 @@ def test_the_demo_runs_any_config_on_your_images(tmp_path, tiny_config, one_cpu_
     before = {path.name: path.read_bytes() for path in photos.iterdir()}
     output = tmp_path / "report"
     assert main(["--output_dir", str(output), "--config_path", str(tiny_config), "--input_dir", str(photos),
-                 "--codecs", "jpeg", "--metrics", "psnr", "semantic"]) == 0
+                 "--codecs", "jpeg", "--metrics", "psnr", "semantic", "--budgets", "300"]) == 0
     assert {path.name: path.read_bytes() for path in photos.iterdir()} == before  # inputs untouched
     assert len(list((output / "reconstructions").rglob("*.png"))) == 3
     assert (output / "grid.png").is_file() and "| jpeg |" in (output / "metrics.md").read_text()
+    assert all(path.stat().st_size <= 300 for path in (output / "rate_control" / "300B" / "semantic").glob("*.sem"))
 
 
 def test_the_demo_names_missing_weights_before_running(tmp_path, capsys):

@@ -6,17 +6,22 @@ With the default config (``configs/shapes.yaml``: the small models shipped in
 ``checkpoints/shapes/``) it generates held-out shapes images, then runs the five scripts as a
 user would: ``process_input.py`` (label maps and captions into ``.sem`` files),
 ``process_decoding.py`` (images back from the ``.sem`` files), ``compress_images.py`` (classic
-codecs at the byte size of each ``.sem`` file) and ``evaluate.py`` (PSNR, SSIM, semantic
-consistency, bits per pixel, rate-distortion plot). It writes:
+codecs at the byte size of each ``.sem`` file) and ``evaluate.py`` (PSNR, SSIM, LPIPS where its
+weights are on the machine, semantic consistency, bits per pixel, rate-distortion plot). Our
+rate-distortion curve has a point per ``--budgets`` byte budget besides the lossless one: the
+``.sem`` files re-coded within that many bytes each (rate control, ``models.bitstream.encode_within``:
+what ``process_input.py --target_bytes N`` writes for the same images), decoded, and given to the
+codecs as their budgets too. It writes:
 
     originals/            the input images (shapes: generated; ground-truth label maps in truth_maps/)
     semantic/             one .sem file per image: label map + caption, the rate we report
     reconstructions/      decoded from the .sem files (manifest.json: seeds and settings)
     baselines/            <codec>/ files at the same byte sizes, <codec>_decoded/, results.csv
+    rate_control/<N>B/    semantic/, reconstructions/ and baselines/ at a budget of N bytes per file
     evaluation/           evaluate.py's folders, summary.json and plots
     grid.png              original | transmitted label map | ours | each codec, per image
     rate_distortion.png   quality against bits per pixel for every method
-    metrics.md            the table: bits per pixel, PSNR, SSIM, semantic mIoU per method
+    metrics.md            the tables: bits per pixel, PSNR, SSIM, semantic mIoU per method; each budget
     report.md             what was run, the table, the pictures, and how to read them
 
 ``--config_path configs/config.yaml --input_dir PHOTOS`` runs the real system on your photographs
@@ -43,7 +48,10 @@ from models.layout import IMAGE_OUTPUT_SUFFIX, SEM_SUFFIX, find_label_set, index
 from models.quickstart.model_folder import SHAPES_CONFIG
 from models.quickstart.shapes import HELD_OUT_SPLIT, held_out_samples, write_samples
 
-METRICS = ("psnr", "ssim", "semantic")  # MS-SSIM needs sides > 160 px; LPIPS etc. need downloads
+# MS-SSIM needs sides > 160 px; LPIPS is reported as unavailable unless its AlexNet weights are on the machine
+METRICS = ("psnr", "ssim", "lpips", "semantic")
+BUDGETS = (44, 50, 56, 64)  # bytes per .sem file: from coarse grids to mostly lossless on 64x64 shapes images
+RATE_CONTROL = "rate_control"  # the folder of the budget points
 MARKER = ".demo-report"  # marks a folder the demo may empty and rewrite
 GRID_CELL = 128  # pixels per grid cell (shapes images are upscaled without smoothing)
 
@@ -63,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metrics", nargs="+", choices=METRIC_NAMES, default=list(METRICS),
                         help="evaluate.py --metrics")
     parser.add_argument("--grid_images", type=int, default=6, help="rows of the grid")
+    parser.add_argument("--budgets", type=int, nargs="*", default=list(BUDGETS),
+                        help="byte budgets per .sem file: one point each on our rate-distortion curve, beside "
+                             "the lossless point (none: the lossless point alone)")
     return parser.parse_args(argv)
 
 
@@ -114,50 +125,95 @@ def write_shapes_inputs(output_dir: Path, count: int, seed: int) -> dict[str, st
 
 # --- the chain ------------------------------------------------------------------------------------
 
+def budget_folder(output_dir: Path, budget: int) -> Path:
+    """Where the point of ``budget`` bytes per file lives: semantic/, reconstructions/, baselines/."""
+    return output_dir / RATE_CONTROL / f"{budget}B"
+
+
+def recode_at_budgets(output_dir: Path, budgets: list[int]) -> dict[int, list]:
+    """Every ``.sem`` file of ``semantic/`` re-coded within each budget (the finest file that fits;
+    ``models.bitstream.rate_control``) into ``rate_control/<N>B/semantic/``; the files chosen
+    (``Fitted``) per budget. A file over budget even at the coarsest grid is kept there, as
+    ``process_input.py --target_bytes`` keeps it."""
+    from models.bitstream import RateSearch, read_sem
+    from models.imageio import atomic_write_bytes
+    from models.layout import LABEL_SET_FILE
+
+    semantic = output_dir / "semantic"
+    searches = {path.relative_to(semantic): RateSearch(read_sem(path)) for path in sorted(semantic.rglob("*.sem"))}
+    chosen = {}
+    for budget in budgets:
+        folder = budget_folder(output_dir, budget) / "semantic"
+        chosen[budget] = []
+        for relpath, search in searches.items():
+            fitted = search.fit(budget)
+            atomic_write_bytes(folder / relpath, fitted.data)
+            chosen[budget].append(fitted)
+        if (semantic / LABEL_SET_FILE).is_file():
+            shutil.copyfile(semantic / LABEL_SET_FILE, folder / LABEL_SET_FILE)
+    return chosen
+
+
+def _run_step(name: str, script_main, arguments: list, seconds: dict[str, float]) -> None:
+    """Run one script's ``main``; its seconds are added to ``seconds[name]``. ``RuntimeError`` if it fails."""
+    print(f"\n== {name}: {script_main.__module__}.py", flush=True)
+    start = time.perf_counter()
+    status = script_main([str(argument) for argument in arguments])
+    seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 1)
+    if status != 0:
+        raise RuntimeError(f"{script_main.__module__}.py stopped with exit status {status} (see above)")
+
+
 def run_chain(originals: Path, output_dir: Path, config_path: str, codecs: list[str],
-              metrics: list[str]) -> dict[str, float]:
-    """The four scripts in order; seconds per step. Raises ``RuntimeError`` when one fails."""
+              metrics: list[str], budgets: list[int] = ()) -> dict[str, float]:
+    """The four scripts in order, the later ones at every point (lossless, then each budget); seconds
+    per step. Raises ``RuntimeError`` when one fails."""
     import compress_images
     import evaluate
     import process_decoding
     import process_input
 
-    semantic, decoded, baselines = output_dir / "semantic", output_dir / "reconstructions", output_dir / "baselines"
-    methods = [f"ours={decoded},{semantic}"] + [f"{c}={baselines / (c + '_decoded')},{baselines / c}" for c in codecs]
-    steps = [
-        ("encode", process_input.main, ["--input_dir", originals, "--output_dir", semantic, "--format", "sem",
-                                        "--config_path", config_path]),
-        ("decode", process_decoding.main, ["--input_path", semantic, "--output_dir", decoded,
-                                           "--config_path", config_path]),
-        ("baselines", compress_images.main, ["--input-dir", originals, "--output-dir", baselines,
-                                             "--match-sizes-from", semantic, "--allow-downscale",
-                                             "--codecs", *codecs]),
-        ("evaluate", evaluate.main, ["--ground_truth_path", originals, "--label_path", semantic,
-                                     "--output_dir", output_dir / "evaluation", "--config_path", config_path,
-                                     "--metrics", *metrics, "--grid_images", "0",
-                                     *[part for method in methods for part in ("--method", method)]]),
-    ]
-    seconds = {}
-    for name, script_main, arguments in steps:
-        print(f"\n== {name}: {script_main.__module__}.py", flush=True)
+    seconds: dict[str, float] = {}
+    _run_step("encode", process_input.main, ["--input_dir", originals, "--output_dir", output_dir / "semantic",
+                                             "--format", "sem", "--config_path", config_path], seconds)
+    if budgets:
         start = time.perf_counter()
-        status = script_main([str(argument) for argument in arguments])
-        seconds[name] = round(time.perf_counter() - start, 1)
-        if status != 0:
-            raise RuntimeError(f"{script_main.__module__}.py stopped with exit status {status} (see above)")
+        recode_at_budgets(output_dir, list(budgets))
+        seconds["rate control"] = round(time.perf_counter() - start, 1)
+    points = [output_dir] + [budget_folder(output_dir, budget) for budget in budgets]
+    for point in points:
+        _run_step("decode", process_decoding.main, ["--input_path", point / "semantic", "--output_dir",
+                                                    point / "reconstructions", "--config_path", config_path], seconds)
+    for point in points:
+        _run_step("baselines", compress_images.main, [
+            "--input-dir", originals, "--output-dir", point / "baselines", "--match-sizes-from", point / "semantic",
+            "--allow-downscale", "--codecs", *codecs], seconds)
+    methods = [method for point in points for method in point_methods(point, codecs)]
+    _run_step("evaluate", evaluate.main, [
+        "--ground_truth_path", originals, "--label_path", output_dir / "semantic", "--output_dir",
+        output_dir / "evaluation", "--config_path", config_path, "--metrics", *metrics, "--grid_images", "0",
+        *[part for method in methods for part in ("--method", method)]], seconds)
     return seconds
+
+
+def point_methods(point: Path, codecs: list[str]) -> list[str]:
+    """``evaluate.py --method`` of ours and each codec at one point (its folder)."""
+    semantic, decoded, baselines = point / "semantic", point / "reconstructions", point / "baselines"
+    return [f"ours={decoded},{semantic}"] + [f"{c}={baselines / (c + '_decoded')},{baselines / c}" for c in codecs]
 
 
 # --- the report -----------------------------------------------------------------------------------
 
 def method_rows(output_dir: Path) -> list[dict]:
-    """One row per method from evaluate.py's summary: its name and mean metrics."""
+    """One row per run from evaluate.py's summary (ours and each codec at the lossless point, then
+    at each budget): its method, folder and mean metrics."""
     summary = json.loads((output_dir / "evaluation" / "summary.json").read_text(encoding="utf-8"))
-    return [{"method": run["method"], **run["metrics"]} for run in summary["runs"]]
+    return [{"method": run["method"], "folder": run["folder"], **run["metrics"]} for run in summary["runs"]]
 
 
 def fit_counts(output_dir: Path) -> dict[str, str]:
-    """Per codec, how many images fit the byte budget ("6/8"), from compress_images' results.csv."""
+    """Per codec, how many images fit the byte budget ("6/8") at one point (the report folder or
+    a budget's folder under ``rate_control/``), from compress_images' results.csv."""
     import csv
 
     with open(output_dir / "baselines" / "results.csv", encoding="utf-8") as handle:
@@ -172,7 +228,7 @@ def fit_counts(output_dir: Path) -> dict[str, str]:
 def metrics_table(rows: list[dict], fits: dict[str, str]) -> str:
     """A Markdown table: bits per pixel, bytes, PSNR, SSIM, semantic mIoU, budget fits."""
     columns = [("bpp", "bits/pixel"), ("psnr", "PSNR dB"), ("ssim", "SSIM"), ("ms_ssim", "MS-SSIM"),
-               ("sem_miou", "semantic mIoU"), ("sem_pixel_accuracy", "semantic pixel acc.")]
+               ("lpips", "LPIPS"), ("sem_miou", "semantic mIoU"), ("sem_pixel_accuracy", "semantic pixel acc.")]
     shown = [(key, title) for key, title in columns if any(row.get(key) is not None for row in rows)]
     lines = ["| method | " + " | ".join(title for _, title in shown) + " | fits the byte budget |",
              "|---" * (len(shown) + 2) + "|"]
@@ -181,6 +237,47 @@ def metrics_table(rows: list[dict], fits: dict[str, str]) -> str:
         fit = "(the budget)" if row["method"] == "ours" else fits.get(row["method"], "-")
         lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {fit} |")
     return "\n".join(lines)
+
+
+def rate_distortion_table(output_dir: Path, rows: list[dict], codecs: list[str], budgets: list[int]) -> str:
+    """A Markdown table with a row per point of our curve: bytes per file, how the maps were coded,
+    our PSNR, LPIPS and semantic mIoU, and each codec's semantic mIoU at the same bytes (fits)."""
+    per_point = len(codecs) + 1
+    ours_columns = [(key, title) for key, title in (("psnr", "PSNR dB"), ("lpips", "LPIPS"), ("sem_miou", "mIoU"))
+                    if any(row.get(key) is not None for row in rows)]
+    lines = ["| budget per file | bytes per file | bits/pixel | coded as | "
+             + " | ".join(f"ours {title}" for _, title in ours_columns)
+             + "".join(f" | {codec} mIoU (fits)" for codec in codecs) + " |",
+             "|---" * (4 + len(ours_columns) + len(codecs)) + "|"]
+    for index, budget in enumerate([None, *budgets]):
+        point_rows = rows[index * per_point:(index + 1) * per_point]
+        point = output_dir if budget is None else budget_folder(output_dir, budget)
+        sizes = [path.stat().st_size for path in (point / "semantic").rglob("*.sem")]
+        ours, fits = point_rows[0], fit_counts(point)
+        cells = [("- (lossless)" if budget is None else f"{budget} B"), f"{np.mean(sizes):.1f}",
+                 _number(ours.get("bpp")), _coded_as(point, budget)]
+        cells += [_number(ours.get(key)) for key, _ in ours_columns]
+        cells += [f"{_number(row.get('sem_miou'))} ({fits.get(row['method'], '-')})" for row in point_rows[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _coded_as(point: Path, budget: int | None) -> str:
+    """How the maps of one point were coded: the grids rate control chose, and how many files
+    are lossless or over the budget."""
+    from models.bitstream import inspect_code
+
+    infos = [inspect_code(path.read_bytes()) for path in sorted((point / "semantic").rglob("*.sem"))]
+    grids = sorted(info.grid for info in infos if info.grid is not None)
+    over = sum(info.num_bytes > budget for info in infos) if budget is not None else 0
+    parts = [f"grid {grids[0]}-{grids[-1]}" if grids else None,
+             "lossless" if not grids else (f"{len(infos) - len(grids)} lossless" if len(grids) < len(infos) else None),
+             f"{over} over budget" if over else None]
+    return ", ".join(part for part in parts if part)
 
 
 def draw_grid(output_dir: Path, originals: Path, rows: list[dict], codecs: list[str], count: int) -> Path:
@@ -228,7 +325,7 @@ def encoder_accuracy(output_dir: Path, truth_captions: dict[str, str], num_class
 
 
 def write_report(output_dir: Path, args: argparse.Namespace, table: str, seconds: dict[str, float],
-                 accuracy: dict[str, float] | None, config: Config) -> Path:
+                 accuracy: dict[str, float] | None, config: Config, rd_table: str | None = None) -> Path:
     """report.md: what ran, the table, the pictures and how to read them."""
     lines = ["# Semantic compression: demo report", "",
              f"Config `{args.config_path}`; inputs: " + (
@@ -245,15 +342,27 @@ def write_report(output_dir: Path, args: argparse.Namespace, table: str, seconds
               "image when even its lowest quality does not fit; `fits` counts the images that did). "
               "`semantic mIoU` re-segments each method's images with our segmenter and compares them "
               "with the label maps we sent. MS-SSIM needs images larger than 160 pixels a side.", "",
-              "![grid](grid.png)", "", "![rate-distortion](rate_distortion.png)", "",
+              "![grid](grid.png)", "", *_rate_distortion_section(rd_table),
+              "![rate-distortion](rate_distortion.png)", "",
               "## Folders", "", ("originals in `" + str(args.input_dir) + "`" if args.input_dir else
                                  "`originals/` (exact label maps in `truth_maps/`)")
-              + ", `semantic/` (.sem files), `reconstructions/`, `baselines/`, "
-              "`evaluation/` (per-method metrics.csv and summary.json).", "",
+              + ", `semantic/` (.sem files), `reconstructions/`, `baselines/`, `rate_control/<N>B/` (the same "
+              "three at N bytes per file), `evaluation/` (per-run metrics.csv and summary.json).", "",
               "## Time (seconds)", "", " | ".join(f"{k} {v}" for k, v in seconds.items()), ""]
     path = output_dir / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _rate_distortion_section(rd_table: str | None) -> list[str]:
+    """The report's lines on our curve (none when only the lossless point was run)."""
+    if not rd_table:
+        return []
+    return ["## Our rate-distortion curve", "",
+            "Each row re-codes the `.sem` files within a byte budget (rate control: lossless when the file fits, "
+            "else the finest grid that fits), decodes them and gives the codecs the same bytes. `mIoU` "
+            "re-segments the images and compares them with the lossless label maps, so it counts what the "
+            "coarser maps lose.", "", rd_table, ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"system needs no downloads: --config_path {SHAPES_CONFIG.relative_to(PROJECT_ROOT)})")
         if args.input_dir is not None and not Path(args.input_dir).is_dir():
             raise ValueError(f"--input_dir {args.input_dir} is not a folder")
+        if any(budget < 1 for budget in args.budgets):
+            raise ValueError(f"--budgets must be whole numbers of bytes of at least 1, got {args.budgets}")
         if args.input_dir is not None and _inside(Path(args.input_dir), output_dir):
             raise ValueError(f"--input_dir {args.input_dir} lies inside --output_dir {output_dir}, "
                              f"which the demo empties")
@@ -280,22 +391,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.input_dir is None:
         truth_captions = write_shapes_inputs(output_dir, args.num_images, args.seed)
     originals = Path(args.input_dir) if args.input_dir else output_dir / "originals"
+    budgets = list(dict.fromkeys(args.budgets))
     try:
-        seconds = run_chain(originals, output_dir, args.config_path, args.codecs, args.metrics)
+        seconds = run_chain(originals, output_dir, args.config_path, args.codecs, args.metrics, budgets)
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     rows = method_rows(output_dir)
-    table = metrics_table(rows, fit_counts(output_dir))
-    (output_dir / "metrics.md").write_text(table + "\n", encoding="utf-8")
-    draw_grid(output_dir, originals, rows, args.codecs, args.grid_images)
+    main_rows = rows[:len(args.codecs) + 1]  # the lossless point
+    table = metrics_table(main_rows, fit_counts(output_dir))
+    rd_table = rate_distortion_table(output_dir, rows, args.codecs, budgets) if budgets else None
+    (output_dir / "metrics.md").write_text(table + "\n" + (f"\nOur curve:\n\n{rd_table}\n" if rd_table else ""),
+                                           encoding="utf-8")
+    draw_grid(output_dir, originals, main_rows, args.codecs, args.grid_images)
     if (output_dir / "evaluation" / "rate_distortion.png").exists():
         shutil.copyfile(output_dir / "evaluation" / "rate_distortion.png", output_dir / "rate_distortion.png")
     accuracy = (encoder_accuracy(output_dir, truth_captions, config.segmentation.num_classes)
                 if truth_captions else None)
     seconds["total"] = round(time.perf_counter() - start, 1)
-    report = write_report(output_dir, args, table, seconds, accuracy, config)
-    print("\n" + table + f"\n\nreport: {report.resolve()}")
+    report = write_report(output_dir, args, table, seconds, accuracy, config, rd_table)
+    print("\n" + table + (f"\n\n{rd_table}" if rd_table else "") + f"\n\nreport: {report.resolve()}")
     return 0
 
 
