@@ -116,6 +116,54 @@ def test_resume_continues_exactly_where_training_stopped(resumed_and_straight_ru
     assert resumed["lr_schedulers"] == direct["lr_schedulers"]
 
 
+def test_resume_last_passes_over_a_truncated_newest_checkpoint(resumed_and_straight_runs, tiny_config, shapes_data,
+                                                             tmp_path, capsys):
+    """A newest checkpoint cut short (a full disk, a kill) is set aside with a warning, the one
+    before it is resumed, and the run ends where an uninterrupted one does; the temporary file of a
+    killed checkpoint write is removed."""
+    interrupted, straight = resumed_and_straight_runs
+    checkpoints = tmp_path / "run/checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "step-0000003.ckpt").write_bytes((interrupted / "checkpoints/step-0000003.ckpt").read_bytes())
+    whole = (interrupted / "checkpoints/step-0000006.ckpt").read_bytes()
+    (checkpoints / "step-0000006.ckpt").write_bytes(whole[:len(whole) // 2])
+    (checkpoints / ".step-0000004.ckpt.x1y2z3.ckpt.tmp").write_bytes(whole[:1000])
+    capsys.readouterr()
+    common = _common(tiny_config, shapes_data)
+    assert train.main(common + ["--output_dir", str(tmp_path / "run"), "--max_steps", "6", "--resume", "last"]) == 0
+    err = capsys.readouterr().err
+    assert "step-0000006.ckpt is unreadable" in err and "set aside as step-0000006.ckpt.unreadable" in err
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "step-0000003.ckpt", "step-0000006.ckpt",
+                                                             "step-0000006.ckpt.unreadable"]
+    again = torch.load(checkpoints / "step-0000006.ckpt", weights_only=True)["state_dict"]
+    direct = torch.load(straight / "checkpoints/step-0000006.ckpt", weights_only=True)["state_dict"]
+    for key, value in direct.items():
+        assert torch.equal(again[key], value), key
+
+
+def test_a_checkpoint_write_that_fills_the_disk_leaves_no_partial_file(tmp_path):
+    """On a 1 MB file system (tmpfs, root only) a 2 MB checkpoint fails for want of space: the
+    previous checkpoint stays, and neither a truncated step file nor a temporary file is left."""
+    import subprocess
+
+    from models.train.run import AtomicCheckpointIO, checkpoint_problem
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        writer = AtomicCheckpointIO()
+        writer.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}}, small / "step-0000001.ckpt")
+        with pytest.raises((OSError, RuntimeError)):  # torch's zip writer reports the failed write as a RuntimeError
+            writer.save_checkpoint({"state_dict": {"w": torch.zeros(500_000)}}, small / "step-0000002.ckpt")
+        assert sorted(p.name for p in small.iterdir()) == ["step-0000001.ckpt"]
+        assert checkpoint_problem(small / "step-0000001.ckpt") is None
+        assert torch.load(small / "step-0000001.ckpt", weights_only=True)["state_dict"]["w"].shape == (1000,)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
 def test_resume_from_a_periodic_checkpoint_keeps_the_ema_exact(tiny_config, shapes_data, tmp_path):
     """A checkpoint saved every 3 steps holds that step's EMA update: resuming from it gives the
     uninterrupted run's EMA, and the last checkpoint's EMA is what the export holds."""
@@ -159,7 +207,7 @@ def test_the_checkpoint_holds_no_frozen_weights(tiny_config, resumed_and_straigh
 def test_resume_without_a_checkpoint_is_a_clear_error(tiny_config, shapes_data, tmp_path, capsys):
     common = _common(tiny_config, shapes_data)
     assert train.main(common + ["--output_dir", str(tmp_path / "empty"), "--resume", "last"]) == 2
-    assert "no step-*.ckpt" in capsys.readouterr().err
+    assert "no readable step-*.ckpt" in capsys.readouterr().err
     assert train.main(common + ["--data_root", str(tmp_path), "--output_dir", str(tmp_path / "r")]) == 2
     assert "no training pairs" in capsys.readouterr().err
 

@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.strategies import DDPStrategy
 
 from models.config import Config, save_config
+from models.imageio import atomic_path
 from models.decode.stable_diffusion import SDComponents
 from models.runtime import DeviceSpec, is_global_zero
 from models.train.controlnet_module import ControlNetModule
@@ -54,11 +59,40 @@ class RunPaths:
         return self.checkpoints / f"step-{step:07d}.ckpt"
 
 
-def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The ``step-*.ckpt`` with the highest step, or None."""
+def newest_checkpoint(checkpoint_dir: Path, skip: set[Path] | frozenset = frozenset()) -> Path | None:
+    """The ``step-*.ckpt`` with the highest step (other than those in ``skip``), or None."""
     found = [(int(m.group(1)), path) for path in checkpoint_dir.glob("step-*.ckpt")
-             if (m := CHECKPOINT_PATTERN.search(path.name))]
+             if (m := CHECKPOINT_PATTERN.search(path.name)) and path not in skip]
     return max(found)[1] if found else None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is no usable checkpoint (cut short by a full disk or a kill, say), or None.
+    Reads only the zip directory at the end of the file, which a truncated file lacks."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("/data.pkl") for name in archive.namelist()):
+                return "not a torch checkpoint"
+    except (zipfile.BadZipFile, OSError) as error:
+        return f"unreadable: {error}"
+    return None
+
+
+def newest_readable_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest ``step-*.ckpt`` that reads as a checkpoint; newer unreadable ones are renamed
+    ``*.ckpt.unreadable`` (by rank 0, with a warning) so that the run can write those steps again."""
+    passed_over: set[Path] = set()  # other ranks pass over what rank 0 sets aside
+    while (path := newest_checkpoint(checkpoint_dir, passed_over)) is not None:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        passed_over.add(path)
+        if is_global_zero():
+            aside = path.with_name(path.name + ".unreadable")
+            print(f"warning: --resume last: {path} is {problem}; set aside as {aside.name}, trying the one before",
+                  file=sys.stderr)
+            os.replace(path, aside)
+    return None
 
 
 def resolve_resume(resume: str | None, paths: RunPaths) -> Path | None:
@@ -70,9 +104,9 @@ def resolve_resume(resume: str | None, paths: RunPaths) -> Path | None:
                              f"--resume last, or choose another --output_dir")
         return None
     if resume == "last":
-        path = newest_checkpoint(paths.checkpoints) if paths.checkpoints.is_dir() else None
+        path = newest_readable_checkpoint(paths.checkpoints) if paths.checkpoints.is_dir() else None
         if path is None:
-            raise ValueError(f"--resume last: no step-*.ckpt in {paths.checkpoints}")
+            raise ValueError(f"--resume last: no readable step-*.ckpt in {paths.checkpoints}")
         return path
     if not Path(resume).is_file():
         raise ValueError(f"--resume {resume}: no such checkpoint file")
@@ -92,6 +126,28 @@ class FinalCheckpoint(Callback):
             trainer.save_checkpoint(self.paths.checkpoint(step), weights_only=False)
             if trainer.is_global_zero:
                 link_last(self.paths.checkpoint(step))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file beside their name, flushed to disk, then renamed.
+    A full disk or a kill mid-write leaves no partial ``step-*.ckpt``: Lightning's own writer
+    stages the file in ``$TMPDIR`` and copies it into place when that is another file system."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("storage_options are not supported by AtomicCheckpointIO")
+        with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def remove_partial_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that were killed (``.step-*.tmp``)."""
+    partial = sorted(checkpoint_dir.glob(".*.ckpt.*.tmp")) if checkpoint_dir.is_dir() else []
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
 
 
 class StepCheckpoints(ModelCheckpoint):
@@ -138,6 +194,7 @@ def build_trainer(config: Config, devices: DeviceSpec, paths: RunPaths, has_vali
         logger=[TensorBoardLogger(paths.logs, name="tensorboard"), CSVLogger(paths.logs, name="csv")],
         callbacks=[periodic, FinalCheckpoint(paths, train.checkpoint_every_n_steps),
                    LearningRateMonitor(logging_interval="step"), ValidationImages(paths.validation)],
+        plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # EndlessShardSampler shards and resumes the data itself
         enable_progress_bar=progress_bar, default_root_dir=paths.root,
     )
@@ -160,6 +217,8 @@ def run_training(config: Config, devices: DeviceSpec, resume: str | None = None,
     resume_path = resolve_resume(resume, paths)
     datamodule = DecoderDataModule(config)
     if is_global_zero():
+        for path in remove_partial_checkpoints(paths.checkpoints):
+            print(f"removed {path.name}, left by a checkpoint write that was stopped", file=sys.stderr)
         save_config(config, paths.config)
         print(f"run folder {paths.root}: {devices.world_size} process(es) x batch {config.train.batch_size} "
               f"x accumulation {config.train.accumulate_grad_batches} = "
