@@ -196,6 +196,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             os.unlink(temporary)
 
 
+def give_usual_permissions(path: str | os.PathLike) -> None:
+    """Permissions as a plain ``open``/``mkdir`` would give under the umask (``mkstemp`` and
+    ``mkdtemp`` make files 0600 and folders 0700, private to their owner)."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

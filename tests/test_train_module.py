@@ -277,3 +277,18 @@ def test_the_export_names_its_base_model_and_decoding_warns_on_another(tiny_conf
         tiny_config, [f"diffusion.controlnet_path={exported}", f"diffusion.sd_model_path={other}"]))
     assert len(decoder.warnings) == 1 and info["base_fingerprint"] in decoder.warnings[0]
     assert str(other) in decoder.warnings[0] and base in decoder.warnings[0]
+
+
+def test_the_export_gets_the_usual_permissions_not_those_of_a_temporary_folder(tiny_config, components, tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        exported = make_module(tiny_config, components).export(tmp_path / "controlnet")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(exported.stat().st_mode) == 0o755
+    files = sorted(exported.iterdir())
+    assert files and {path.name: stat.S_IMODE(path.stat().st_mode) for path in files} == {
+        path.name: 0o644 for path in files}

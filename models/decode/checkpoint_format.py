@@ -27,7 +27,7 @@ import torch
 from diffusers import ControlNetModel
 
 from models.config import Config
-from models.imageio import atomic_write_json
+from models.imageio import atomic_write_json, give_usual_permissions
 from models.palettes import LabelSet
 from models.weights import WeightsFileError, read_weights_file
 
@@ -147,6 +147,8 @@ def write_export(output_dir: str | Path, weights: TrainedWeights) -> Path:
             save_file({k: v.float().cpu().contiguous() for k, v in weights.unet.items()},
                       str(staging / EXPORT_UNET_WEIGHTS))
         write_export_metadata(staging, export_metadata(weights))
+        for path in (staging, *staging.iterdir()):  # mkdtemp's folder is private to its owner
+            give_usual_permissions(path)
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)
