@@ -9,6 +9,7 @@ page when an upload is bad; the page shows it and keeps serving.
 from __future__ import annotations
 
 import html
+import itertools
 import math
 import tempfile
 import threading
@@ -17,12 +18,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from models.baselines.codecs import compress_to_size, decode as decode_codec
 from models.bitstream import BitstreamError, decode_code, encode_code, inspect_code
 from models.config import Config
-from models.evaluation.metrics import confusion_matrix, mean_iou
+from models.evaluation.metrics import (ImagePair, MetricSkipped, PSNRMetric, SSIMMetric, confusion_matrix,
+                                       mean_iou)
 from models.imageio import ImageReadError, read_rgb
 from models.palettes import LabelSet, colorize, get_label_set
 from models.rate import bits_per_pixel
@@ -165,7 +168,7 @@ class DemoService:
 
         sampler = replace(SamplerSettings.from_config(self.config.decode),
                           num_inference_steps=settings.steps, guidance_scale=settings.guidance)
-        steps_done = iter(range(1, 1 << 30))
+        steps_done = itertools.count(1)
         with self.lock:
             self.decoder.sampler = sampler
             self.decoder.on_step = (lambda: on_step(next(steps_done))) if on_step else None
@@ -187,9 +190,6 @@ class DemoService:
 
     def scores(self, photo: np.ndarray, picture: np.ndarray, label_map: np.ndarray) -> Scores:
         """PSNR and SSIM against the photo; mIoU of the picture re-segmented against ``label_map``."""
-        from models.evaluation.metrics import ImagePair, PSNRMetric, SSIMMetric, MetricSkipped
-        import torch
-
         pair = ImagePair(photo, picture, torch.device("cpu"))
         try:
             ssim = SSIMMetric("ssim")(pair)["ssim"]
