@@ -4,13 +4,15 @@ Every script reads user images through ``read_rgb``: it applies the EXIF orienta
 every Pillow mode (gray, palette, RGBA, 16-bit, CMYK, ...) into 8-bit RGB, refuses images above
 a pixel limit before decoding them, and reports any failure as one ``ImageReadError`` that names
 the file and the reason; label maps are read the same way by ``read_label_map``. Outputs are
-written to a temporary file in the same folder and renamed into place, so an interrupted job
-never leaves a half-written file behind.
+written to a temporary file in the same folder, flushed to disk and renamed into place, so an
+interrupted job never leaves a half-written file behind; a write that fails because of where it
+goes (a full disk, a read-only folder, no permission) raises ``OutputError`` naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -33,6 +35,36 @@ DEFAULT_MAX_PIXELS = 50_000_000  # refuse larger images before decoding (decompr
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 RESIZE_FILTERS = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC,
                   "bilinear": Image.Resampling.BILINEAR}  # by the names configs use
+
+
+# Errors of the destination, not of the data: the next output would fail the same way.
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                           errno.EFBIG, errno.ENOENT, errno.ENOTDIR})
+
+
+class OutputError(OSError):
+    """An output could not be written because of its destination (full disk, read-only folder,
+    no permission); ``filename`` is the output's path. Jobs stop on it instead of failing file
+    after file."""
+
+    def __init__(self, path: str | os.PathLike, error: OSError):
+        super().__init__(error.errno, error.strerror or str(error), str(path))
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+@contextlib.contextmanager
+def output_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an ``OSError`` of the destination (``OUTPUT_ERRNOS``) while writing ``path`` into ``OutputError``."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as error:
+        if error.errno in OUTPUT_ERRNOS:
+            raise OutputError(path, error) from error
+        raise
 
 
 class ImageReadError(Exception):
@@ -180,20 +212,50 @@ def check_output_not_inside_input(input_dir: str | os.PathLike, output_dir: str 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary path next to ``path`` (``.<name>.<random><suffix>.tmp``, see
+    ``remove_partial_writes``); once the caller has written it, flush it to disk and rename it onto
+    ``path``. Errors of the destination raise ``OutputError``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix + ".tmp"
-    )
-    os.close(descriptor)
-    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual permissions
+    with output_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix + PARTIAL_SUFFIX
+        )
+        os.close(descriptor)
     try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual permissions
         yield Path(temporary)
-        os.replace(temporary, path)
+        with output_errors(path):
+            _flush_to_disk(temporary)
+            os.replace(temporary, path)
     finally:
-        if os.path.exists(temporary):
+        with contextlib.suppress(OSError):
             os.unlink(temporary)
+
+
+PARTIAL_SUFFIX = ".tmp"  # what the temporary files of atomic writes end with
+
+
+def _flush_to_disk(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that atomic writes killed mid-way left under ``folder`` (hidden
+    files ending in ``.tmp``); call it only while no other job writes there (``output_lock``)."""
+    removed = []
+    for current, subfolders, files in os.walk(folder):
+        for name in files:
+            if name.startswith(".") and name.endswith(PARTIAL_SUFFIX):
+                path = Path(current) / name
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return sorted(removed)
 
 
 def give_usual_permissions(path: str | os.PathLike) -> None:

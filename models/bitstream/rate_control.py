@@ -23,12 +23,13 @@ from dataclasses import dataclass
 
 from models.bitstream.sem_file import encode_code
 from models.imageio import atomic_write_bytes
+from models.jobcontrol import ExitStatus
 from models.rate import bits_per_pixel, last_fitting
 from models.semantic_code import SemanticCode
 
 # Exit status of the command lines when every file was written but some exceed their budget
 # (1 stays "something failed").
-OVER_BUDGET_STATUS = 3
+OVER_BUDGET_STATUS = ExitStatus.OVER_BUDGET
 
 
 @dataclass(frozen=True)
