@@ -224,8 +224,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         os.close(descriptor)
     try:
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual permissions
-        yield Path(temporary)
-        with output_errors(path):
+        with output_errors(path):  # a full disk shows in the caller's writes
+            yield Path(temporary)
             _flush_to_disk(temporary)
             os.replace(temporary, path)
     finally:
