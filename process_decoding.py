@@ -9,6 +9,11 @@ size, and manifest.json records the settings and seed of every image. --checkpoi
 training checkpoint, an exported or diffusers ControlNet folder, a Hugging Face id, or an
 original-format ControlNet file (docs/decoding.md). Bad inputs are reported one line each; the
 others are still decoded, and the exit status is 1 if anything failed.
+
+SIGTERM or Ctrl-C stops the run after the batch in flight (exit status 143 or 130); the same
+command with --skip_existing resumes it. One run at a time writes into an output folder
+(.run.lock); a folder that cannot be written (read-only, full disk) is one error line and exit
+status 4, before any model loads. All exit statuses: README, "Exit statuses".
 """
 
 from __future__ import annotations
@@ -21,11 +26,16 @@ from typing import TYPE_CHECKING
 
 from models.cli import add_config_arguments, add_device_arguments, config_flag, config_from_args
 from models.config import Config, ConfigError
-from models.imageio import check_output_not_inside_input
+from models.imageio import OutputError, check_output_not_inside_input
+from models.jobcontrol import (ExitStatus, JobInterrupted, MiB, OutputBusy, StopSignals, exit_status_of,
+                               guarded_output, stopped_line)
 from models.layout import PROMPTS_FILE, CaptionIndex, has_sem_files
 
 if TYPE_CHECKING:  # torch: imported when decoding starts, not for --help
     from models.runtime import DeviceSpec
+
+MIN_FREE_PER_IMAGE = 4 * MiB  # free space asked for before the models load: one decoded PNG (1.3 MP, incompressible)
+RESUME = "run the same command with --skip_existing to resume"
 
 # Flags that set one key of the config's decode section (the config holds their defaults).
 DECODE_FLAGS = {
@@ -115,31 +125,53 @@ def setup(args: argparse.Namespace) -> DecodeSetup:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from models.runtime import is_global_zero  # torch: after --help
+
+    with StopSignals(quiet=not is_global_zero()) as stop:
+        try:
+            return decode(args, stop)
+        except (JobInterrupted, OutputError, OutputBusy) as error:
+            if is_global_zero():
+                print(stopped_line(error, "decoded", RESUME), file=sys.stderr)
+            return exit_status_of(error)
+
+
+def decode(args: argparse.Namespace, stop: StopSignals) -> int:
+    """Check, lock, load, plan, decode and report; the exit status."""
     from models.decode.decoder import ControlNetDecoder  # torch, diffusers: after --help
     from models.decode.job import SettingsMismatch, plan_decode, prepare_output, report, run_decode, run_settings
     from models.runtime import is_global_zero
 
     try:
         run = setup(args)
-        decoder = ControlNetDecoder.from_config(run.config)
-    except (ValueError, ConfigError, OSError) as error:  # CheckpointFormatError is a ValueError
+    except (ValueError, ConfigError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    if is_global_zero():
-        print(decoder.note)
-        for warning in decoder.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-    plan = plan_decode(run.input_dir, run.captions, decoder, run.config, skip_files=(run.prompts_path.resolve(),))
-    settings = run_settings(decoder, run.config, run.precision)
-    try:
-        plan.done = prepare_output(run.output_dir, settings, args.skip_existing, is_global_zero())
-    except SettingsMismatch as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if not plan.todo_batches:
-        return report(plan, None, run.output_dir) if is_global_zero() else 0
-    result = run_decode(plan, decoder, run.devices, run.output_dir, settings, run.config.decode.cpu_offload)
-    return report(plan, result, run.output_dir) if result.is_global_zero else 0
+        return ExitStatus.USAGE
+    with guarded_output(run.output_dir, run.config.decode.batch_size * MIN_FREE_PER_IMAGE, hold=is_global_zero()):
+        try:
+            decoder = ControlNetDecoder.from_config(run.config)
+        except OutputError:
+            raise
+        except (ValueError, ConfigError, OSError) as error:  # CheckpointFormatError is a ValueError
+            print(f"error: {error}", file=sys.stderr)
+            return ExitStatus.USAGE
+        if is_global_zero():
+            print(decoder.note)
+            for warning in decoder.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+        stop.check()
+        plan = plan_decode(run.input_dir, run.captions, decoder, run.config, skip_files=(run.prompts_path.resolve(),))
+        settings = run_settings(decoder, run.config, run.precision)
+        try:
+            plan.done = prepare_output(run.output_dir, settings, args.skip_existing, is_global_zero())
+        except SettingsMismatch as error:
+            print(f"error: {error}", file=sys.stderr)
+            return ExitStatus.USAGE
+        if not plan.todo_batches:
+            return report(plan, None, run.output_dir) if is_global_zero() else ExitStatus.OK
+        result = run_decode(plan, decoder, run.devices, run.output_dir, settings, run.config.decode.cpu_offload,
+                            stop=stop)
+        return report(plan, result, run.output_dir) if result.is_global_zero else ExitStatus.OK
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@ requested output present) are skipped on a re-run unless --overwrite is given. B
 reported one line each; the others are still encoded, and the exit status is 1 if anything failed.
 A file over its budget even at the coarsest grid is kept at that grid and reported with its
 overshoot; the exit status is then 3 (if nothing failed).
+
+SIGTERM or Ctrl-C stops the run after the batch in flight (exit status 143 or 130); running the
+same command again resumes it. One run at a time writes into an output folder (.run.lock); a
+folder that cannot be written (read-only, full disk) is one error line and exit status 4, before
+any model loads. All exit statuses: README, "Exit statuses".
 """
 
 from __future__ import annotations
@@ -27,8 +32,12 @@ from pathlib import Path
 
 from models.cli import add_encoder_arguments, add_rate_arguments, config_from_args
 from models.config import ConfigError
-from models.imageio import check_output_not_inside_input
+from models.imageio import OutputError, check_output_not_inside_input
+from models.jobcontrol import (ExitStatus, JobInterrupted, MiB, OutputBusy, StopSignals, exit_status_of,
+                               guarded_output, stopped_line)
 from models.layout import ENCODE_FORMATS
+
+MIN_FREE_PER_IMAGE = MiB  # free space asked for before the models load: a label map, a .sem file, a caption
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,8 +58,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from models.runtime import is_global_zero  # torch: after --help
+
+    with StopSignals(quiet=not is_global_zero()) as stop:
+        try:
+            return encode(args, stop)
+        except (JobInterrupted, OutputError, OutputBusy) as error:
+            if is_global_zero():
+                print(stopped_line(error, "encoded"), file=sys.stderr)
+            return exit_status_of(error)
+
+
+def encode(args: argparse.Namespace, stop: StopSignals) -> int:
+    """Check, lock, plan, encode and report; the exit status."""
     from models.encode.job import OutputSpec, caption_records, merge_captions, plan_encode, report, run_encode
-    from models.encode.segmentation import CheckpointError  # torch: after --help
+    from models.encode.segmentation import CheckpointError
     from models.runtime import is_global_zero, resolve_devices
 
     input_dir, output_dir = Path(args.input_dir), Path(args.output_dir)
@@ -64,20 +86,23 @@ def main(argv: list[str] | None = None) -> int:
                              target_bpp=args.target_bpp)
     except (ValueError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    plan = plan_encode(input_dir, output_dir, overwrite=args.overwrite, outputs=outputs)
-    if not plan.todo:
-        if not is_global_zero():
-            return 0
-        if caption_records(output_dir).files():  # captions left by an interrupted run
-            merge_captions(output_dir)
-        return report(plan, None, output_dir)
-    try:
-        result = run_encode(plan, config, devices, output_dir, outputs=outputs)
-    except (CheckpointError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return report(plan, result, output_dir) if result.is_global_zero else 0
+        return ExitStatus.USAGE
+    with guarded_output(output_dir, config.encode.batch_size * MIN_FREE_PER_IMAGE, hold=is_global_zero()):
+        plan = plan_encode(input_dir, output_dir, overwrite=args.overwrite, outputs=outputs)
+        if not plan.todo:
+            if not is_global_zero():
+                return ExitStatus.OK
+            if caption_records(output_dir).files():  # captions left by an interrupted run
+                merge_captions(output_dir)
+            return report(plan, None, output_dir)
+        try:
+            result = run_encode(plan, config, devices, output_dir, outputs=outputs, stop=stop)
+        except OutputError:
+            raise
+        except (CheckpointError, OSError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return ExitStatus.USAGE
+        return report(plan, result, output_dir) if result.is_global_zero else ExitStatus.OK
 
 
 if __name__ == "__main__":

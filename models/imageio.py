@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -192,6 +193,21 @@ def walk_files(root: str | os.PathLike) -> Iterator[InputFile]:
                 continue
             path = Path(folder) / name
             yield InputFile(path=path.resolve(), relpath=path.relative_to(root).as_posix())
+
+
+def file_fingerprint(path: str | os.PathLike, content: bool = False) -> str:
+    """What identifies a file's version: size and modification time, plus a SHA-256 of its bytes
+    when ``content`` (small files such as ``.sem``, whose rewrites can keep size and time). Taken
+    before a file is read at planning and after it is read at work, equal values mean both reads
+    saw the same version."""
+    stat = os.stat(path)
+    text = f"{stat.st_size}:{stat.st_mtime_ns}"
+    if content:
+        text += ":" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return text
+
+
+CHANGED_SINCE_PLANNED = "changed since the run was planned (size, time or content); run again to use its new content"
 
 
 def is_image_name(name: str) -> bool:

@@ -3,11 +3,9 @@ checking and locking its output folder. Nothing here imports torch (``compress_i
 
 A script runs its job as::
 
-    with StopSignals() as stop:                   # SIGTERM / SIGINT: stop at the next safe point
-        folder = prepare_output_folder(path, 8 * MiB)   # exists, writable, room for a batch
-        with output_lock(folder):                 # one run per output folder
-            remove_partial_writes(folder)         # what killed writes left
-            ... stop.check() between batches ...
+    with StopSignals() as stop:                          # SIGTERM / SIGINT: stop at the next safe point
+        with guarded_output(path, 8 * MiB) as folder:    # writable, room for a batch, locked, no leftovers
+            ... load models; stop.check() between batches ...
 
 and turns what comes out into one ``error:`` line and an ``ExitStatus`` (``exit_status_of``).
 """
@@ -29,7 +27,7 @@ from collections.abc import Iterator
 from enum import IntEnum
 from pathlib import Path
 
-from models.imageio import OutputError, output_errors
+from models.imageio import OutputError, output_errors, remove_partial_writes
 
 MiB = 2**20
 LOCK_FILE = ".run.lock"  # in each output folder, while a run writes there
@@ -52,8 +50,9 @@ class JobInterrupted(Exception):
     """The job stopped because of a signal; outputs written so far are complete and kept."""
 
     def __init__(self, signum: int):
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.kept: int | None = None  # outputs this process wrote before it stopped, when the job counts them
 
     @property
     def status(self) -> int:
@@ -209,11 +208,11 @@ def _acquire(path: Path) -> int:
     raise OutputBusy(f"{path.parent}: could not take {LOCK_FILE}; other runs keep replacing it")
 
 
-def error_line(error: BaseException) -> str:
+def error_line(error: BaseException, resume: str = "run the same command again to resume") -> str:
     """The one line a script prints for an error that stops it."""
     if isinstance(error, OutputError):
         if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            advice = "free some space, then run the same command again to resume"
+            advice = f"free some space, then {resume}"
         elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             advice = "make it writable or choose another output folder"
         else:
@@ -222,9 +221,44 @@ def error_line(error: BaseException) -> str:
     return f"error: {error}"
 
 
-def interrupted_line(error: JobInterrupted, done: str) -> str:
+def interrupted_line(error: JobInterrupted, done: str, resume: str = "run the same command again to resume") -> str:
     """The one line a script prints when a signal stopped it; ``done`` says what was kept."""
-    return f"interrupted ({error}): {done}; run the same command again to resume"
+    return f"interrupted ({error}): {done}; {resume}"
+
+
+def stopped_line(error: BaseException, verb: str, resume: str = "run the same command again to resume") -> str:
+    """The line for a job that a signal (``JobInterrupted``, with what it ``kept``) or its output
+    folder (``OutputError``, ``OutputBusy``) stopped; ``verb``: what the job does to an image."""
+    if not isinstance(error, JobInterrupted):
+        return error_line(error, resume)
+    done = (f"no image was {verb} yet" if error.kept is None
+            else f"what was written is kept ({error.kept} image(s) {verb} by this process)")
+    return interrupted_line(error, done, resume)
+
+
+def ignore_stop_signals(*_) -> None:
+    """For worker processes (data loaders, pools): the main process decides when to stop, so a
+    Ctrl-C sent to the whole process group does not kill a worker mid-item."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def guarded_output(folder: str | os.PathLike, min_free_bytes: int, hold: bool = True) -> Iterator[Path]:
+    """``prepare_output_folder``, ``output_lock`` for the block and ``remove_partial_writes``: what
+    a job does with its output folder before any model loads. ``hold=False`` (ranks other than 0,
+    which run under their rank 0's lock) only names the folder."""
+    folder = Path(folder)
+    if not hold:
+        yield folder
+        return
+    prepare_output_folder(folder, min_free_bytes)
+    with output_lock(folder):
+        removed = remove_partial_writes(folder)
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) of writes an earlier run did not finish",
+                  file=sys.stderr)
+        yield folder
 
 
 def exit_status_of(error: BaseException) -> int:
@@ -241,5 +275,5 @@ def exit_status_of(error: BaseException) -> int:
 
 
 __all__ = ["ExitStatus", "JobInterrupted", "LOCK_FILE", "MiB", "OutputBusy", "OutputError", "StopSignals",
-           "error_line", "exit_status_of", "interrupted_line", "output_lock", "prepare_output_folder",
-           "read_lock_owner"]
+           "error_line", "exit_status_of", "guarded_output", "ignore_stop_signals", "interrupted_line", "output_lock",
+           "prepare_output_folder", "read_lock_owner", "stopped_line"]

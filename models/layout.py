@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple, TypeVar
 
-from models.imageio import InputFile, atomic_write_json, is_image_name, read_json, walk_files
+from models.imageio import InputFile, atomic_write_json, is_image_name, output_errors, read_json, walk_files
 from models.palettes import LABEL_SETS, VOC, LabelSet, label_set_from_dict
 
 PROMPTS_FILE = "prompts.json"
@@ -165,6 +165,11 @@ class RankRecords:
         if not records:
             return
         path = self.path(rank)
+        with output_errors(path):
+            self._append(path, records)
+
+    @staticmethod
+    def _append(path: Path, records: list[dict]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as handle:
             if handle.tell() > 0:

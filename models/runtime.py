@@ -13,14 +13,17 @@ import argparse
 import importlib
 import os
 import platform
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.callbacks import BasePredictionWriter, Callback
 
 from models.config import PRECISION_NAMES
+from models.jobcontrol import STOP_SIGNALS, JobInterrupted, StopSignals
 
 PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16)))  # name -> dtype
 
@@ -89,15 +92,56 @@ def is_global_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
-def prediction_trainer(devices: DeviceSpec, callbacks: list, progress_bar: bool = True):
-    """A Lightning Trainer that runs ``predict`` on every device, each item exactly once."""
+def prediction_trainer(devices: DeviceSpec, callbacks: list, progress_bar: bool = True,
+                       stop: StopSignals | None = None):
+    """A Lightning Trainer that runs ``predict`` on every device, each item exactly once; with
+    ``stop``, a SIGTERM or Ctrl-C ends it between batches (``StopBetweenBatches``)."""
     import pytorch_lightning as pl
 
     return pl.Trainer(
         accelerator=devices.accelerator, devices=devices.devices, num_nodes=devices.num_nodes,
         strategy=devices.strategy, logger=False, enable_checkpointing=False,
-        enable_model_summary=False, enable_progress_bar=progress_bar, callbacks=callbacks,
+        enable_model_summary=False, enable_progress_bar=progress_bar,
+        callbacks=[*callbacks, StopBetweenBatches(stop)] if stop is not None else callbacks,
     )
+
+
+class StopBetweenBatches(Callback):
+    """Ends a prediction job at the first batch boundary after SIGTERM or SIGINT: the batch in
+    flight is finished and written (this callback comes after the writer), then ``JobInterrupted``
+    leaves ``trainer.predict``. Lightning's own SIGTERM handler only sets a flag that prediction
+    never reads (and, under DDP, broadcasts from inside the handler, which prediction's uneven
+    batches do not match), so ours replaces it for the run; rank 0 passes the signal on to the
+    processes it started. On any exception rank 0 stops those processes too, so that none waits
+    for it in a collective."""
+
+    def __init__(self, stop: StopSignals):
+        self.stop = stop
+        self.trainer = None
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.trainer = trainer
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, self.handle)
+
+    def handle(self, signum: int, frame) -> None:
+        first = not self.stop.requested
+        if first:
+            self.signal_children(signum)
+        self.stop.handle(signum, frame)
+
+    def signal_children(self, signum: int) -> None:
+        launcher = self.trainer.strategy.launcher if self.trainer is not None else None
+        if launcher is not None and getattr(launcher, "procs", None):
+            launcher.kill(signum)
+
+    def on_predict_batch_end(self, trainer, *args, **kwargs) -> None:
+        self.stop.check()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, JobInterrupted):
+            self.signal_children(signal.SIGTERM)
 
 
 @dataclass

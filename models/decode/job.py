@@ -34,7 +34,9 @@ from torch.utils.data import DataLoader, Dataset
 from models.bitstream import read_code_file
 from models.config import Config
 from models.decode.decoder import ControlNetDecoder, NonFiniteOutput, form_batches, image_seed
-from models.imageio import ImageReadError, atomic_save_image, atomic_write_json, is_image_name, read_json, walk_files
+from models.imageio import (CHANGED_SINCE_PLANNED, ImageReadError, atomic_save_image, atomic_write_json,
+                            file_fingerprint, is_image_name, read_json, walk_files)
+from models.jobcontrol import JobInterrupted, StopSignals
 from models.layout import (IMAGE_OUTPUT_SUFFIX, LABEL_SET_FILE, SEM_SUFFIX, CaptionIndex, RankRecords, find_label_set,
                            output_relpath, read_consistently, read_prompts, stem_key)
 from models.palettes import VOC, LabelSet
@@ -115,6 +117,7 @@ class DecodeItem:
     size: tuple[int, int]  # original (width, height)
     generation_size: tuple[int, int]  # (width, height) generated at
     label_set: LabelSet = VOC  # what its label map's values mean
+    fingerprint: str = ""  # the file's version when planned (models.imageio.file_fingerprint)
 
     @property
     def output_relpath(self) -> str:
@@ -177,6 +180,7 @@ def _plan_item(path: Path, relpath: str, caption: str | None, decoder: ControlNe
     if output in claimed:
         raise InputError(f"its output {output} would overwrite the one of {claimed[output]}; rename one")
     claimed[output] = relpath
+    fingerprint = input_fingerprint(path)  # before reading: equal after decoding's read = same version
     code = read_semantic_code(path, caption, config.decode.missing_caption)
     label_set = label_set_of(path, code)
     try:
@@ -185,7 +189,17 @@ def _plan_item(path: Path, relpath: str, caption: str | None, decoder: ControlNe
         raise InputError(str(error)) from None
     seed = code.seed if code.seed is not None else image_seed(config.decode.seed, stem_key(relpath))
     return DecodeItem(relpath=relpath, path=path, caption=code.caption, seed=seed, size=(code.width, code.height),
-                      generation_size=decoder.generation_size(code.width, code.height), label_set=label_set)
+                      generation_size=decoder.generation_size(code.width, code.height), label_set=label_set,
+                      fingerprint=fingerprint)
+
+
+def input_fingerprint(path: Path) -> str:
+    """The version of an input: size and time, and for a ``.sem`` file (a few hundred bytes, whose
+    rewrite can keep both) a hash of its content."""
+    try:
+        return file_fingerprint(path, content=path.suffix.lower() == SEM_SUFFIX)
+    except OSError as error:
+        raise InputError(f"cannot read it ({error.strerror})") from None
 
 
 def run_settings(decoder: ControlNetDecoder, config: Config, precision: str) -> dict[str, Any]:
@@ -281,10 +295,14 @@ class DecodeModule(pl.LightningModule):
         records, good, codes = [], [], []
         for item in batch:
             try:
-                codes.append(read_semantic_code(item.path, item.caption, "empty"))
-                good.append(item)
-            except InputError as error:  # the file changed since planning
+                code = read_semantic_code(item.path, item.caption, "empty")
+                if input_fingerprint(item.path) != item.fingerprint:  # its manifest entry was planned
+                    raise InputError(CHANGED_SINCE_PLANNED)
+            except InputError as error:
                 records.append({"item": item, "error": error.reason})
+                continue
+            codes.append(code)
+            good.append(item)
         label_sets = {item.label_set.name: item.label_set for item in good}
         try:
             images = self.decoder.decode(codes, [item.seed for item in good], label_sets=label_sets) if codes else []
@@ -315,15 +333,22 @@ class DecodeWriter(OutputWriter):
 
 
 def run_decode(plan: DecodePlan, decoder: ControlNetDecoder, devices: DeviceSpec, output_dir: Path,
-               settings: dict, cpu_offload: bool = False, progress_bar: bool = True) -> JobResult:
-    """Decode the batches of ``plan`` that are not done, on every device in ``devices``."""
+               settings: dict, cpu_offload: bool = False, progress_bar: bool = True,
+               stop: StopSignals | None = None) -> JobResult:
+    """Decode the batches of ``plan`` that are not done, on every device in ``devices``. With
+    ``stop``, a signal ends the job after the batch in flight (``JobInterrupted``, whose ``kept``
+    is the number of images this process wrote)."""
     batches: list[list[DecodeItem]] = plan.todo_batches
     batches += [[] for _ in range(max(0, devices.world_size - len(batches)))]  # every process gets one
     loader = DataLoader(BatchList(batches), batch_size=1, collate_fn=_only, shuffle=False)
     writer = DecodeWriter(output_dir)
-    trainer = prediction_trainer(devices, callbacks=[writer], progress_bar=progress_bar)
+    trainer = prediction_trainer(devices, callbacks=[writer], progress_bar=progress_bar, stop=stop)
     module = DecodeModule(decoder, settings["precision"], cpu_offload, plan.done)
-    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    try:
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+    except JobInterrupted as error:
+        error.kept = writer.written
+        raise
     result = writer.result(trainer)
     if trainer.is_global_zero:
         manifest = read_manifest(output_dir)

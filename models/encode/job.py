@@ -38,7 +38,9 @@ from models.bitstream import (OVER_BUDGET_STATUS, BitstreamError, Fitted, inspec
                               write_sem_within)
 from models.config import Config
 from models.encode.encoder import SemanticEncoder
-from models.imageio import ImageReadError, InputFile, atomic_save_image, read_json, read_rgb
+from models.imageio import (CHANGED_SINCE_PLANNED, ImageReadError, InputFile, atomic_save_image, file_fingerprint,
+                            read_json, read_rgb)
+from models.jobcontrol import JobInterrupted, StopSignals, ignore_stop_signals
 from models.layout import (ENCODE_FORMATS, LABEL_SET_FILE, PROMPTS_FILE, RankRecords, label_map_relpath, list_inputs,
                            read_consistently, read_prompts, sem_relpath, write_label_set, write_prompts)
 from models.palettes import LabelSet, label_map_to_pil
@@ -123,6 +125,7 @@ class EncodePlan:
     failures: dict[str, str] = field(default_factory=dict)  # relpath -> reason
     overwrite: bool = False  # redo done images (and replace the folder's label set)
     over_budget: dict[str, str] = field(default_factory=dict)  # done images whose .sem file exceeds the budget
+    fingerprints: dict[str, str] = field(default_factory=dict)  # relpath -> its version when planned (to do only)
 
 
 def read_captions(output_dir: Path) -> dict[str, str]:
@@ -151,6 +154,11 @@ def plan_encode(input_dir: Path, output_dir: Path, overwrite: bool = False,
             if overshoot:
                 plan.over_budget[item.relpath] = overshoot
         else:
+            try:
+                plan.fingerprints[item.relpath] = file_fingerprint(item.path)
+            except OSError as error:
+                plan.failures[item.relpath] = f"cannot read it ({error.strerror})"
+                continue
             plan.todo.append(item)
     return plan
 
@@ -173,11 +181,13 @@ def done_over_budget(path: Path, outputs: OutputSpec) -> str | None:
 
 
 class ImageFiles(Dataset):
-    """Decodes input images in data-loader workers; a bad file becomes an error record."""
+    """Decodes input images in data-loader workers; a bad file, or one that changed since it was
+    planned (``fingerprints``), becomes an error record."""
 
-    def __init__(self, items: list[InputFile | None], max_pixels: int | None):
+    def __init__(self, items: list[InputFile | None], max_pixels: int | None, fingerprints: dict[str, str]):
         self.items = items
         self.max_pixels = max_pixels
+        self.fingerprints = fingerprints
 
     def __len__(self) -> int:
         return len(self.items)
@@ -188,9 +198,13 @@ class ImageFiles(Dataset):
             return {"relpath": None}
         try:
             image = np.asarray(read_rgb(item.path, self.max_pixels), dtype=np.uint8)
+            if file_fingerprint(item.path) != self.fingerprints.get(item.relpath):
+                return {"relpath": item.relpath, "error": CHANGED_SINCE_PLANNED}
             return {"relpath": item.relpath, "image": image}
         except ImageReadError as error:
             return {"relpath": item.relpath, "error": error.reason}
+        except OSError as error:  # gone since planning
+            return {"relpath": item.relpath, "error": f"cannot read it any more ({error.strerror})"}
 
 
 class EncodeModule(pl.LightningModule):
@@ -302,18 +316,28 @@ def claim_label_set(output_dir: Path, label_set: LabelSet, plan: EncodePlan) -> 
 
 
 def run_encode(plan: EncodePlan, config: Config, devices: DeviceSpec, output_dir: Path,
-               progress_bar: bool = True, outputs: OutputSpec = OutputSpec()) -> JobResult:
-    """Encode ``plan.todo`` on the devices in ``devices``; failures of all processes are gathered."""
+               progress_bar: bool = True, outputs: OutputSpec = OutputSpec(),
+               stop: StopSignals | None = None) -> JobResult:
+    """Encode ``plan.todo`` on the devices in ``devices``; failures of all processes are gathered.
+    With ``stop``, a signal ends the job after the batch in flight (``JobInterrupted``, whose
+    ``kept`` is the number of images this process wrote)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     items: list[InputFile | None] = list(plan.todo)
     items += [None] * max(0, devices.world_size - len(items))
-    loader = DataLoader(ImageFiles(items, config.encode.max_pixels), batch_size=config.encode.batch_size,
-                        num_workers=config.encode.num_workers, collate_fn=list, shuffle=False)
+    loader = DataLoader(ImageFiles(items, config.encode.max_pixels, plan.fingerprints),
+                        batch_size=config.encode.batch_size, num_workers=config.encode.num_workers, collate_fn=list,
+                        shuffle=False, worker_init_fn=ignore_stop_signals)
     writer = EncodeWriter(output_dir, outputs)
-    trainer = prediction_trainer(devices, callbacks=[writer], progress_bar=progress_bar)
+    trainer = prediction_trainer(devices, callbacks=[writer], progress_bar=progress_bar, stop=stop)
     module = EncodeModule(SemanticEncoder.from_config(config), config.encode.precision)
     claim_label_set(output_dir, module.encoder.segmenter.label_set, plan)  # what the maps' values mean
-    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    if stop is not None:
+        stop.check()  # a signal while the models loaded
+    try:
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+    except JobInterrupted as error:
+        error.kept = writer.written
+        raise
     result = writer.result(trainer)
     if trainer.is_global_zero and outputs.writes_png:
         merge_captions(output_dir)
