@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from models.cli import add_config_arguments, config_flag, config_from_args
-from models.config import ConfigError
+from models.config import Config, ConfigError
 from models.evaluation import METRIC_NAMES
+from models.imageio import OutputError
+from models.jobcontrol import (JobInterrupted, MiB, OutputBusy, StopSignals, error_line, exit_status_of, guarded_output,
+                               interrupted_line)
 from models.layout import PROMPTS_FILE, CaptionIndex, read_prompts
 
 if TYPE_CHECKING:  # torch: imported when the evaluation starts, not for --help
@@ -114,6 +117,34 @@ def resolve_comparison(args: argparse.Namespace, methods: list[MethodSpec]) -> t
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    with StopSignals(immediate=True):  # results are written at the end: nothing to finish first
+        try:
+            return evaluate(args)
+        except JobInterrupted as error:
+            print(interrupted_line(error, "nothing was written (results are written at the end)",
+                                   "run the same command again"), file=sys.stderr)
+            return exit_status_of(error)
+        except (OutputError, OutputBusy) as error:
+            print(error_line(error, "run the same command again"), file=sys.stderr)
+            return exit_status_of(error)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Check the inputs and the output folder, score, write and report; the exit status."""
+    try:
+        methods, captions = resolve_inputs(args)
+        anchor, references = resolve_comparison(args, methods)
+        config = config_from_args(args)
+    except (ValueError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    with guarded_output(args.output_dir, MiB):
+        return score_and_report(args, methods, captions, anchor, references, config)
+
+
+def score_and_report(args: argparse.Namespace, methods: list[MethodSpec], captions: CaptionIndex,
+                     anchor: str | None, references: list, config: Config) -> int:
+    """Score every method's folder, write the results, print the tables; the exit status."""
     import torch  # torch and the metric networks: after --help
 
     from models.evaluation.job import (EvaluationInputs, bjontegaard_table, comparison_summary, evaluate_folder,
@@ -124,13 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     from models.evaluation.report import draw_comparison, print_bjontegaard, print_report
     from models.imageio import atomic_write_json
 
-    try:
-        methods, captions = resolve_inputs(args)
-        anchor, references = resolve_comparison(args, methods)
-        config = config_from_args(args)
-    except (ValueError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     suite = MetricSuite(config, args.metrics, device, has_label_maps=args.label_path is not None,
                         has_captions=bool(captions))

@@ -69,9 +69,10 @@ class StopSignals:
     (``JobInterrupted`` from wherever the main thread is; files being written are discarded).
     Outside the main thread (a server's worker) it installs nothing."""
 
-    def __init__(self, quiet: bool = False):
+    def __init__(self, quiet: bool = False, immediate: bool = False):
         self.signum: int | None = None
         self.quiet = quiet  # other ranks: the first process tells the user
+        self.immediate = immediate  # a job with nothing to keep mid-way stops on the first signal
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
@@ -87,7 +88,7 @@ class StopSignals:
 
     def handle(self, signum: int, frame=None) -> None:
         """The signal handler (also for Lightning to chain or for tests to call)."""
-        if self.signum is not None:
+        if self.signum is not None or self.immediate:
             raise JobInterrupted(signum)
         self.signum = signum
         if not self.quiet:

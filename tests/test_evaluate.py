@@ -490,3 +490,35 @@ def test_an_unforeseen_metric_failure_is_recorded_and_fails_the_run(tmp_path, mo
     assert summary["failures"] == {"psnr": 1} and summary["counts"] == {"psnr": 2, "ssim": 3}
     assert "RuntimeError: CUDA out of memory (simulated)" in summary["missing"]["psnr"]["images"][f"{stem}.jpg"]
     assert "psnr failed on 1 pair(s)" in capsys.readouterr().err
+
+
+def test_a_read_only_output_folder_or_a_signal_is_one_line_and_its_own_status(tmp_path, capsys):
+    """Checked before the metric networks load; a SIGTERM (sent while scoring, from a timer) stops
+    the run at once, since results are written only at the end."""
+    import os
+    import signal
+    import threading
+
+    from models.jobcontrol import ExitStatus
+    from tests.faults import error_lines, read_only_folder
+
+    truth = VOC_IMAGES
+    out = tmp_path / "out"
+    args = ["--ground_truth_path", str(truth), "--prediction_path", str(truth), "--output_dir", str(out),
+            "--metrics", "psnr", "ssim", "--device", "cpu"]
+    with read_only_folder(out):
+        assert evaluate.main(args) == ExitStatus.OUTPUT
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: cannot write {out}: Read-only file system; make it writable or choose another output folder"]
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # pytest survives a signal outside main()
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))  # scoring 14 photos takes > 1 s
+    try:
+        timer.start()
+        status = evaluate.main(args)
+        timer.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert status == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "interrupted (SIGTERM): nothing was written (results are written at the end); run the same command again")
+    assert not (out / "metrics.csv").exists()
