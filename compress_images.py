@@ -9,6 +9,13 @@ OUT/results.csv (image, codec, quality, bytes, bpp, scale, fits). The budget is 
 kilobytes (1 KB = 1024 bytes), --target-bpp bits per pixel, or, image by image, the size of the
 file with the same relative path and stem in --match-sizes-from (e.g. our semantic files). An
 image that cannot fit is kept with fits=false and reported. Re-running skips finished work.
+
+SIGTERM or Ctrl-C stops the run once the images in flight are done (a second one at once); the
+results written so far are kept and running the same command again resumes. One run at a time
+writes into an output folder (OUT/.run.lock). Exit statuses: 0 done, 1 some inputs failed (one
+line each, e.g. a file that changed while the run went on), 2 bad flags, 4 the output folder
+cannot be written (read-only, full disk, no permission), 5 another run holds the folder, 130 / 143
+stopped by Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
@@ -19,7 +26,11 @@ from pathlib import Path
 
 from models.baselines.codecs import CODECS
 from models.baselines.job import Target, check_settings, plan_compress, report, run_compress
-from models.imageio import DEFAULT_MAX_PIXELS, check_output_not_inside_input
+from models.imageio import DEFAULT_MAX_PIXELS, OutputError, check_output_not_inside_input
+from models.jobcontrol import (ExitStatus, JobInterrupted, MiB, OutputBusy, StopSignals, error_line, exit_status_of,
+                               guarded_output, interrupted_line)
+
+MIN_FREE_PER_WORKER = 8 * MiB  # free space asked for before starting: one image in flight per worker
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,17 +83,39 @@ def validate(args: argparse.Namespace) -> Target:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    with StopSignals() as stop:
+        try:
+            return compress(args, stop)
+        except (JobInterrupted, OutputError, OutputBusy) as error:
+            if isinstance(error, JobInterrupted):
+                kept = getattr(error, "kept", None)
+                done = "no image compressed yet" if kept is None else f"{kept} results written this run, kept"
+                print(interrupted_line(error, done), file=sys.stderr)
+            else:
+                print(error_line(error), file=sys.stderr)
+            return exit_status_of(error)
+
+
+def compress(args: argparse.Namespace, stop: StopSignals) -> int:
+    """Check the flags, lock the output folder, plan, compress and report; the exit status."""
     output_dir = Path(args.output_dir)
     try:
         target = validate(args)
-        settings = {"target": target.describe(), "allow_downscale": args.allow_downscale}
-        check_settings(output_dir, settings, args.overwrite)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    plan = plan_compress(Path(args.input_dir), output_dir, list(dict.fromkeys(args.codecs)), args.overwrite)
-    result = run_compress(plan, output_dir, target, args.allow_downscale, args.workers, args.max_pixels)
-    return report(plan, result, output_dir)
+        print(error_line(error), file=sys.stderr)
+        return ExitStatus.USAGE
+    with guarded_output(output_dir, args.workers * MIN_FREE_PER_WORKER):
+        try:
+            settings = {"target": target.describe(), "allow_downscale": args.allow_downscale}
+            check_settings(output_dir, settings, args.overwrite)
+        except ValueError as error:
+            print(error_line(error), file=sys.stderr)
+            return ExitStatus.USAGE
+        plan = plan_compress(Path(args.input_dir), output_dir, list(dict.fromkeys(args.codecs)), args.overwrite)
+        stop.check()  # a signal while the folder was listed
+        result = run_compress(plan, output_dir, target, args.allow_downscale, args.workers, args.max_pixels,
+                              stop=stop)
+        return report(plan, result, output_dir)
 
 
 if __name__ == "__main__":

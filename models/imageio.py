@@ -54,6 +54,13 @@ class OutputError(OSError):
     def __str__(self) -> str:
         return f"cannot write {self.filename}: {self.strerror}"
 
+    def __reduce__(self):  # from a pool worker to its parent, as itself
+        return _output_error, (self.filename, self.errno, self.strerror)
+
+
+def _output_error(filename: str, number: int, strerror: str) -> OutputError:
+    return OutputError(filename, OSError(number, strerror))
+
 
 @contextlib.contextmanager
 def output_errors(path: str | os.PathLike) -> Iterator[None]:
@@ -268,7 +275,7 @@ def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:
         for name in files:
             if name.startswith(".") and name.endswith(PARTIAL_SUFFIX):
                 path = Path(current) / name
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(FileNotFoundError), output_errors(path):
                     path.unlink()
                     removed.append(path)
     return sorted(removed)

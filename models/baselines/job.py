@@ -9,16 +9,25 @@ Layout written under the output folder, for every input image ``<rel>/<stem>.<ex
 
 Every file is written atomically and ``results.csv`` is rewritten after each image, so an
 interrupted run loses at most the images in flight; a re-run skips every (image, codec) that
-has its row and its files.
+has its row and its files. With ``--workers`` the images go to a process pool whose workers leave
+SIGTERM and Ctrl-C to the parent and end when it dies, even by SIGKILL. An input that changed
+between planning and reading (size or modification time) is a failure of that image, not a mix
+of two versions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
+import multiprocessing
+import os
+import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -26,13 +35,17 @@ from typing import Iterator
 from tqdm import tqdm
 
 from models.baselines.codecs import compress_to_size, decode, get_codec
-from models.imageio import ImageReadError, atomic_save_image, atomic_write_bytes, atomic_write_json, read_json, read_rgb
+from models.imageio import (CHANGED_SINCE_PLANNED, ImageReadError, atomic_save_image, atomic_write_bytes,
+                            atomic_write_json, file_fingerprint, read_json, read_rgb)
+from models.jobcontrol import STOP_SIGNALS, JobInterrupted, StopSignals, ignore_stop_signals
 from models.layout import IMAGE_OUTPUT_SUFFIX, StemIndex, bitstream_index, list_inputs, output_relpath, stem_key
 from models.rate import bits_per_pixel
 
 RESULTS_FILE = "results.csv"
 SETTINGS_FILE = "compress_settings.json"
 COLUMNS = ("image", "codec", "quality", "bytes", "bpp", "scale", "fits")
+QUEUED_PER_POOL = 1  # images handed to the pool beyond one per worker: keeps workers busy, few to cancel
+PARENT_POLL_SECONDS = 0.2  # how often a pool worker checks that its parent is alive
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,7 @@ class CompressPlan:
     """What a run will do, decided before any work starts."""
 
     todo: list[tuple[str, Path, list[str]]] = field(default_factory=list)  # relpath, path, codecs
+    fingerprints: dict[str, str] = field(default_factory=dict)  # relpath -> its version when planned (todo only)
     done: int = 0  # (image, codec) results already present
     ignored: list[str] = field(default_factory=list)  # not image files
     failures: dict[str, str] = field(default_factory=dict)  # relpath -> reason
@@ -108,8 +122,14 @@ def plan_compress(input_dir: Path, output_dir: Path, codecs: list[str],
     for item in listing.files:
         todo = [codec for codec in codecs if not _is_done(rows, output_dir, item.relpath, codec)]
         plan.done += len(codecs) - len(todo)
-        if todo:
-            plan.todo.append((item.relpath, item.path, todo))
+        if not todo:
+            continue
+        try:
+            plan.fingerprints[item.relpath] = file_fingerprint(item.path)
+        except OSError as error:
+            plan.failures[item.relpath] = f"cannot read it ({error.strerror})"
+            continue
+        plan.todo.append((item.relpath, item.path, todo))
     return plan
 
 
@@ -145,15 +165,21 @@ class ImageJob:
     output_dir: Path
     max_pixels: int | None
     match_index: StemIndex | None = None  # files whose sizes are the budgets
+    fingerprint: str | None = None  # the input's version when the run was planned (None: not checked)
 
 
 def compress_one(job: ImageJob) -> tuple[str, list[dict] | str]:
-    """Run every codec of ``job``, writing its files; the result rows, or the reason it failed."""
+    """Run every codec of ``job``, writing its files; the result rows, or the reason it failed. An
+    input whose version differs from ``job.fingerprint`` after it was read fails, with nothing written."""
     try:
         image = read_rgb(job.path, job.max_pixels)
+        if job.fingerprint is not None and file_fingerprint(job.path) != job.fingerprint:
+            return job.relpath, CHANGED_SINCE_PLANNED
         budget = target_bytes(job.target, job.relpath, image.size, job.match_index)
     except (ImageReadError, ValueError) as error:
         return job.relpath, getattr(error, "reason", str(error))
+    except OSError as error:  # gone since it was read
+        return job.relpath, f"cannot read it any more ({error.strerror})"
     rows = []
     for codec in job.codecs:
         result = compress_to_size(image, codec, budget, allow_downscale=job.allow_downscale)
@@ -169,12 +195,71 @@ def compress_one(job: ImageJob) -> tuple[str, list[dict] | str]:
     return job.relpath, rows
 
 
+def _start_worker() -> None:
+    """Pool workers leave SIGTERM and Ctrl-C to their parent, which decides when to stop, and end
+    when it dies however it dies (its pid as parent changes)."""
+    ignore_stop_signals()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked while the parent started us
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """A worker started in the block does not see SIGTERM or SIGINT until ``_start_worker`` ignores them."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _run_jobs(jobs: list[ImageJob], workers: int) -> Iterator[tuple[str, list[dict] | str]]:
+    """``compress_one`` of every job: in this process, or in a pool in the order they finish."""
     if workers <= 1:
         yield from map(compress_one, jobs)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(compress_one, jobs, chunksize=1)
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_start_worker)
+    try:
+        yield from _pool_outcomes(pool, jobs, workers + QUEUED_PER_POOL)
+    except JobInterrupted:  # a second signal: stop at once, the files being written are discarded
+        _kill_workers()
+        raise
+    finally:
+        try:  # the images not started are dropped, those running finish (their files are whole)
+            pool.shutdown(wait=True, cancel_futures=True)
+        except JobInterrupted:
+            _kill_workers()
+            raise
+
+
+def _pool_outcomes(pool: ProcessPoolExecutor, jobs: list[ImageJob],
+                   in_flight: int) -> Iterator[tuple[str, list[dict] | str]]:
+    """Keep ``in_flight`` jobs in ``pool``; yield each outcome as it comes (an ``OutputError`` raises)."""
+    pending, running = iter(jobs), set()
+    while True:
+        for job in pending:
+            with _stop_signals_blocked():
+                running.add(pool.submit(compress_one, job))
+            if len(running) >= in_flight:
+                break
+        if not running:
+            return
+        finished, running = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            yield future.result()  # a worker's OutputError raises here
+
+
+def _kill_workers() -> None:
+    """Stop the pool's workers mid-image (the executor has no public way to stop running work;
+    they are this process's only children)."""
+    for process in multiprocessing.active_children():
+        process.kill()
 
 
 @dataclass
@@ -187,26 +272,41 @@ class CompressResult:
 
 
 def run_compress(plan: CompressPlan, output_dir: Path, target: Target, allow_downscale: bool = False,
-                 workers: int = 1, max_pixels: int | None = None,
-                 progress_bar: bool = True) -> CompressResult:
-    """Compress ``plan.todo``; ``results.csv`` is brought up to date after every image."""
+                 workers: int = 1, max_pixels: int | None = None, progress_bar: bool = True,
+                 stop: StopSignals | None = None) -> CompressResult:
+    """Compress ``plan.todo``; ``results.csv`` is brought up to date after every image. With
+    ``stop``, a signal ends the run once the image just finished is recorded (``JobInterrupted``,
+    whose ``kept`` is the number of results this run wrote)."""
     match_index = bitstream_index(target.match_dir, target.match_suffix) if target.match_dir else None
     rows = read_results(output_dir)
-    jobs = [ImageJob(relpath, path, codecs, target, allow_downscale, output_dir, max_pixels, match_index)
-            for relpath, path, codecs in plan.todo]
+    jobs = [ImageJob(relpath, path, codecs, target, allow_downscale, output_dir, max_pixels, match_index,
+                     plan.fingerprints.get(relpath)) for relpath, path, codecs in plan.todo]
     result = CompressResult(failures=dict(plan.failures))
-    for relpath, outcome in tqdm(_run_jobs(jobs, workers), total=len(jobs), desc="compress",
-                                 unit="image", disable=not progress_bar):
-        if isinstance(outcome, str):
-            result.failures[relpath] = outcome
-            continue
-        for row in outcome:
-            rows[(row["image"], row["codec"])] = row
-            if row["fits"] == "false":
-                result.over_budget.append(row)
-        result.written += len(outcome)
-        write_results(output_dir, rows)
+    try:
+        with contextlib.closing(_run_jobs(jobs, workers)) as outcomes, \
+                tqdm(total=len(jobs), desc="compress", unit="image", disable=not progress_bar) as bar:
+            for relpath, outcome in outcomes:
+                _record(result, rows, relpath, outcome, output_dir)
+                bar.update()
+                if stop is not None:
+                    stop.check()
+    except JobInterrupted as error:
+        error.kept = result.written
+        raise
     return result
+
+
+def _record(result: CompressResult, rows: dict, relpath: str, outcome: list[dict] | str, output_dir: Path) -> None:
+    """Add one image's outcome to ``result`` and its rows to ``results.csv``."""
+    if isinstance(outcome, str):
+        result.failures[relpath] = outcome
+        return
+    for row in outcome:
+        rows[(row["image"], row["codec"])] = row
+        if row["fits"] == "false":
+            result.over_budget.append(row)
+    write_results(output_dir, rows)
+    result.written += len(outcome)
 
 
 def report(plan: CompressPlan, result: CompressResult, output_dir: Path) -> int:
