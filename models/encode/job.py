@@ -182,9 +182,10 @@ def done_over_budget(path: Path, outputs: OutputSpec) -> str | None:
 
 class ImageFiles(Dataset):
     """Decodes input images in data-loader workers; a bad file, or one that changed since it was
-    planned (``fingerprints``), becomes an error record."""
+    planned (``fingerprints``, when given), becomes an error record."""
 
-    def __init__(self, items: list[InputFile | None], max_pixels: int | None, fingerprints: dict[str, str]):
+    def __init__(self, items: list[InputFile | None], max_pixels: int | None,
+                 fingerprints: dict[str, str] | None = None):
         self.items = items
         self.max_pixels = max_pixels
         self.fingerprints = fingerprints
@@ -198,7 +199,7 @@ class ImageFiles(Dataset):
             return {"relpath": None}
         try:
             image = np.asarray(read_rgb(item.path, self.max_pixels), dtype=np.uint8)
-            if file_fingerprint(item.path) != self.fingerprints.get(item.relpath):
+            if self.fingerprints is not None and file_fingerprint(item.path) != self.fingerprints.get(item.relpath):
                 return {"relpath": item.relpath, "error": CHANGED_SINCE_PLANNED}
             return {"relpath": item.relpath, "image": image}
         except ImageReadError as error:
