@@ -6,17 +6,25 @@
 Reads data/original_images/{train,val}/ with the label maps and prompts.json under
 data/segmented_images/{train,val}/ (see docs/training.md), trains a ControlNet on the frozen
 SD1.5 model, and writes the run folder: config.yaml, checkpoints/, logs/ (TensorBoard, CSV),
-validation/ images and the exported controlnet/. Resume with --resume last. On machines
-without GPUs, --accelerator cpu --devices N runs N processes.
+validation/ images and the exported controlnet/. Resume with --resume last; --resume auto also
+starts fresh when there is nothing to resume (one sbatch line for the first start and a requeue).
+SIGTERM or Ctrl-C saves the step in progress and exits with 128 + the signal (143, 130). On
+machines without GPUs, --accelerator cpu --devices N runs N processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from models.cli import add_config_arguments, add_device_arguments, config_flag, config_from_args
-from models.config import ConfigError
+from models.config import Config, ConfigError
+from models.jobcontrol import (ExitStatus, JobInterrupted, OutputBusy, OutputError, StopSignals, error_line,
+                               exit_status_of, guarded_output)
+
+if TYPE_CHECKING:
+    from models.runtime import DeviceSpec
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,8 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     config_flag(parser, "--precision", "train.precision", "trainable weights stay fp32")
     config_flag(parser, "--learning_rate", "train.learning_rate", "AdamW learning rate of the ControlNet")
     config_flag(parser, "--seed", "train.seed", "seed of data order, augmentation, noise and timesteps")
-    parser.add_argument("--resume", default=None, metavar="PATH|last",
-                        help="continue from a checkpoint, or from the newest one of --output_dir")
+    parser.add_argument("--resume", default=None, metavar="PATH|last|auto",
+                        help="continue from a checkpoint, or from the newest one of --output_dir (auto: "
+                             "or start fresh if it has none)")
     parser.add_argument("--no_progress_bar", action="store_true", help="plain log lines only")
     add_device_arguments(parser, gpu_flag="--gpus")
     return parser.parse_args(argv)
@@ -44,12 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch  # torch, Lightning and diffusers: after --help
-    from lightning_fabric.utilities.exceptions import MisconfigurationException
 
     from models.runtime import resolve_devices
     from models.train.controlnet_module import check_train_config
-    from models.train.data import DataError
-    from models.train.run import run_training
 
     try:
         config = config_from_args(args)
@@ -59,16 +65,41 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("GPUs were requested but CUDA is not available; use --accelerator cpu --devices N")
     except (ValueError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return ExitStatus.USAGE
+    return run_job(config, devices, args)
+
+
+def run_job(config: Config, devices: DeviceSpec, args: argparse.Namespace) -> int:
+    """Run training under the job controls: signals, the run folder's check and lock; one line and
+    an exit status for what stops it (ranks other than 0 exit with the same status, silently)."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    from models.runtime import is_global_zero
+    from models.train.data import DataError
+    from models.train.run import MIN_FREE_BYTES, run_training
+    from models.train.stopping import RESUME_ADVICE, interrupted_report
+
+    rank_zero = is_global_zero()
     try:
-        result = run_training(config, devices, resume=args.resume, progress_bar=not args.no_progress_bar)
+        with StopSignals(quiet=not rank_zero) as stop, \
+                guarded_output(config.train.output_dir, MIN_FREE_BYTES, hold=rank_zero):
+            result = run_training(config, devices, resume=args.resume, progress_bar=not args.no_progress_bar,
+                                  stop=stop)
+    except JobInterrupted as error:
+        if rank_zero:
+            print(interrupted_report(error), file=sys.stderr)
+        return exit_status_of(error)
+    except (OutputError, OutputBusy) as error:
+        if rank_zero:
+            print(error_line(error, RESUME_ADVICE), file=sys.stderr)
+        return exit_status_of(error)
     except (DataError, OSError, ValueError, ConfigError, MisconfigurationException) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return ExitStatus.USAGE
     if result.is_global_zero:
         print(f"trained to step {result.global_step}; checkpoint {result.checkpoint}; "
               f"ControlNet exported to {result.controlnet_dir}")
-    return 0
+    return ExitStatus.OK
 
 
 if __name__ == "__main__":

@@ -239,8 +239,9 @@ def stopped_line(error: BaseException, verb: str, resume: str = "run the same co
 
 def ignore_stop_signals(*_) -> None:
     """For worker processes (data loaders, pools): the main process decides when to stop, so a
-    Ctrl-C sent to the whole process group does not kill a worker mid-item."""
-    for signum in STOP_SIGNALS:
+    Ctrl-C or a SLURM signal sent to the whole process group (SIGTERM, and SIGUSR1 of
+    ``#SBATCH --signal``) does not kill a worker mid-item, which would end the job at once."""
+    for signum in (*STOP_SIGNALS, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
 
 

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from models.config import Config
 from models.decode.control import check_drawable, control_tensor, resize_label_map
 from models.imageio import ImageReadError, is_image_name, read_label_map, read_rgb, walk_files
+from models.jobcontrol import ignore_stop_signals
 from models.layout import (LABEL_MAPS_FOLDER, PROMPTS_FILE, find_label_set, label_map_relpath, read_prompts,
                            split_folders)
 from models.palettes import VOC, LabelSet
@@ -323,7 +324,7 @@ class DecoderDataModule(pl.LightningDataModule):
                                       train.seed, start=consumed)
         return DataLoader(self.train_dataset, batch_size=train.batch_size, sampler=sampler,
                           num_workers=train.num_workers, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=train.num_workers > 0)
+                          persistent_workers=train.num_workers > 0, worker_init_fn=ignore_stop_signals)
 
     def val_dataloader(self) -> DataLoader | list:
         """The first ``val_max_samples`` validation pairs, centre-cropped, split across ranks."""
@@ -333,4 +334,4 @@ class DecoderDataModule(pl.LightningDataModule):
         sampler = (DistributedSampler(self.val_dataset, trainer.world_size, trainer.global_rank, shuffle=False)
                    if trainer.world_size > 1 else None)
         return DataLoader(self.val_dataset, batch_size=self.config.train.batch_size, sampler=sampler,
-                          num_workers=min(self.config.train.num_workers, 2))
+                          num_workers=min(self.config.train.num_workers, 2), worker_init_fn=ignore_stop_signals)
