@@ -4,6 +4,7 @@ that changes between planning and reading. Each script runs in a fresh process, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -178,18 +179,19 @@ def decoded(tiny_config, trained_controlnet, label_maps, tmp_path_factory):  # n
     return output_dir
 
 
-def test_ctrl_c_stops_decoding_between_batches_and_skip_existing_completes_it(
-        tiny_config, trained_controlnet, label_maps, decoded, tmp_path):  # noqa: F811
-    """Ctrl-C reaches every process of the terminal's group (here: the script and nothing else)."""
+@pytest.mark.parametrize("signum, group", [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["sigterm", "ctrl-c"])
+def test_a_signal_stops_decoding_between_batches_and_skip_existing_completes_it(
+        tiny_config, trained_controlnet, label_maps, decoded, tmp_path, signum, group):  # noqa: F811
+    """SIGTERM as ``kill`` sends it; Ctrl-C as a terminal does, to the whole process group."""
     output_dir = tmp_path / "out"
     args = decode_args(tiny_config, trained_controlnet, label_maps, output_dir)
     process = start_script("process_decoding.py", *args)
     wait_until(lambda: count_files(output_dir, "*.png") >= 1, process)
-    status, _, err = stop(process, signal.SIGINT, group=True)
-    assert status == 128 + signal.SIGINT, err[-3000:]
+    status, _, err = stop(process, signum, group=group)
+    assert status == 128 + signum, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     [line] = [line for line in err.splitlines() if line.startswith("interrupted")]
-    assert "SIGINT" in line and "--skip_existing to resume" in line
+    assert signal.Signals(signum).name in line and "--skip_existing to resume" in line
     done = sorted(p.relative_to(output_dir) for p in output_dir.rglob("*.png"))
     assert 1 <= len(done) < 6 and all((output_dir / n).read_bytes() == (decoded / n).read_bytes() for n in done)
     resumed = subprocess.run([sys.executable, str(REPO / "process_decoding.py"), *args, "--skip_existing"],
@@ -200,6 +202,30 @@ def test_ctrl_c_stops_decoding_between_batches_and_skip_existing_completes_it(
     assert tree_bytes(output_dir, lambda p: p.name in ignore) == tree_bytes(decoded, lambda p: p.name in ignore)
     manifests = [json.loads((folder / "manifest.json").read_text()) for folder in (output_dir, decoded)]
     assert manifests[0]["images"] == manifests[1]["images"]
+
+
+def test_a_disk_that_fills_while_decoding_is_one_error_line_and_skip_existing_completes_it(
+        tiny_config, trained_controlnet, label_maps, decoded, tmp_path):  # noqa: F811
+    with small_file_system(tmp_path / "small", "6m") as small:
+        output_dir = small / "out"
+        args = decode_args(tiny_config, trained_controlnet, label_maps, output_dir)
+        process = start_script("process_decoding.py", *args)
+        wait_until(lambda: count_files(output_dir, "*.png") >= 1, process)
+        with open(small / "filler", "wb") as filler:  # another job takes the rest of the disk
+            with contextlib.suppress(OSError):
+                while True:
+                    filler.write(bytes(65536))
+                    filler.flush()
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == ExitStatus.OUTPUT, err[-3000:]
+        assert "Traceback" not in err
+        [line] = error_lines(err)
+        assert f"cannot write {output_dir}/" in line and "--skip_existing to resume" in line
+        assert not any(map(is_temporary, output_dir.rglob("*")))
+        (small / "filler").unlink()
+        assert process_decoding.main(args + ["--skip_existing"]) == 0
+        assert tree_bytes(output_dir, lambda p: p.name == "manifest.json") == \
+            tree_bytes(decoded, lambda p: p.name == "manifest.json")
 
 
 def test_decoding_into_a_read_only_or_busy_folder_is_one_line_before_the_models_load(
