@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return encode(args, stop)
         except (JobInterrupted, OutputError, OutputBusy) as error:
-            if is_global_zero():
+            if is_global_zero() or isinstance(error, OutputError):  # each process names the file it could not write
                 print(stopped_line(error, "encoded"), file=sys.stderr)
             return exit_status_of(error)
 
