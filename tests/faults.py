@@ -4,6 +4,7 @@ a script started in the background and stopped by a signal once it has written s
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -30,6 +31,16 @@ def small_file_system(folder: Path, size: str) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def fill_file_system(filler: Path) -> Path:
+    """Take every free byte of ``filler``'s file system (as another job would) with that file;
+    delete it to free the space again."""
+    with open(filler, "wb", buffering=0) as handle, pytest.raises(OSError) as full:
+        while True:
+            handle.write(bytes(65536))
+    assert full.value.errno == errno.ENOSPC, full.value
+    return filler
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ that changes between planning and reading. Each script runs in a fresh process, 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import signal
@@ -21,8 +20,8 @@ from models.imageio import CHANGED_SINCE_PLANNED
 from models.jobcontrol import LOCK_FILE, ExitStatus
 from tests.conftest import REPO, VOC_IMAGES
 from tests.decode_fixtures import label_maps, trained_controlnet  # noqa: F401
-from tests.faults import (count_files, error_lines, read_only_folder, small_file_system, start_script, stop,
-                          tree_bytes, wait_until)
+from tests.faults import (count_files, error_lines, fill_file_system, read_only_folder, small_file_system,
+                          start_script, stop, tree_bytes, wait_until)
 
 COPIES = 3  # the 14 VOC photos three times over: a run long enough to be stopped part-way
 
@@ -96,20 +95,14 @@ def test_a_disk_that_fills_mid_run_is_one_error_line_and_the_run_resumes(tiny_co
         output_dir = small / "out"
         process = start_script("process_input.py", *encode_args(tiny_config, photos, output_dir))
         wait_until(lambda: count_files(output_dir, "*.sem") >= 1, process)
-        with open(small / "filler", "wb") as filler:  # another job takes the rest of the disk
-            try:
-                while True:
-                    filler.write(bytes(65536))
-                    filler.flush()
-            except OSError:
-                pass
+        filler = fill_file_system(small / "filler")
         out, err = process.communicate(timeout=300)
         assert process.returncode == ExitStatus.OUTPUT, err[-3000:]
         assert "Traceback" not in err
         [line] = error_lines(err)
         assert f"cannot write {output_dir}/" in line and "No space left on device" in line
         assert not any(map(is_temporary, output_dir.rglob("*")))
-        (small / "filler").unlink()
+        filler.unlink()
         done = sorted(p.name for p in output_dir.glob("*.sem"))
         assert all((output_dir / name).read_bytes() == (encoded / name).read_bytes() for name in done)
         assert process_input.main(list(map(str, encode_args(tiny_config, photos, output_dir)))) == 0
@@ -211,18 +204,14 @@ def test_a_disk_that_fills_while_decoding_is_one_error_line_and_skip_existing_co
         args = decode_args(tiny_config, trained_controlnet, label_maps, output_dir)
         process = start_script("process_decoding.py", *args)
         wait_until(lambda: count_files(output_dir, "*.png") >= 1, process)
-        with open(small / "filler", "wb") as filler:  # another job takes the rest of the disk
-            with contextlib.suppress(OSError):
-                while True:
-                    filler.write(bytes(65536))
-                    filler.flush()
+        filler = fill_file_system(small / "filler")
         _, err = process.communicate(timeout=300)
         assert process.returncode == ExitStatus.OUTPUT, err[-3000:]
         assert "Traceback" not in err
         [line] = error_lines(err)
         assert f"cannot write {output_dir}/" in line and "--skip_existing to resume" in line
         assert not any(map(is_temporary, output_dir.rglob("*")))
-        (small / "filler").unlink()
+        filler.unlink()
         assert process_decoding.main(args + ["--skip_existing"]) == 0
         assert tree_bytes(output_dir, lambda p: p.name == "manifest.json") == \
             tree_bytes(decoded, lambda p: p.name == "manifest.json")
