@@ -106,6 +106,14 @@ def prediction_trainer(devices: DeviceSpec, callbacks: list, progress_bar: bool 
     )
 
 
+def signal_launched_processes(trainer, signum: int) -> None:
+    """Send ``signum`` to the processes that Lightning's launcher started from this one (the other
+    ranks on this machine under DDP), which a signal sent only to this process does not reach."""
+    launcher = trainer.strategy.launcher if trainer is not None else None
+    if launcher is not None and getattr(launcher, "procs", None):
+        launcher.kill(signum)
+
+
 class StopBetweenBatches(Callback):
     """Ends a prediction job at the first batch boundary after SIGTERM or SIGINT: the batch in
     flight is finished and written (this callback comes after the writer), then ``JobInterrupted``
@@ -128,20 +136,15 @@ class StopBetweenBatches(Callback):
     def handle(self, signum: int, frame) -> None:
         first = not self.stop.requested
         if first:
-            self.signal_children(signum)
+            signal_launched_processes(self.trainer, signum)
         self.stop.handle(signum, frame)
-
-    def signal_children(self, signum: int) -> None:
-        launcher = self.trainer.strategy.launcher if self.trainer is not None else None
-        if launcher is not None and getattr(launcher, "procs", None):
-            launcher.kill(signum)
 
     def on_predict_batch_end(self, trainer, *args, **kwargs) -> None:
         self.stop.check()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, JobInterrupted):
-            self.signal_children(signal.SIGTERM)
+            signal_launched_processes(trainer, signal.SIGTERM)
 
 
 @dataclass

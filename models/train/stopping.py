@@ -24,6 +24,7 @@ from lightning_fabric.plugins.environments import LightningEnvironment, SLURMEnv
 from pytorch_lightning.callbacks import Checkpoint
 
 from models.jobcontrol import STOP_SIGNALS, JobInterrupted, StopSignals, interrupted_line
+from models.runtime import signal_launched_processes
 
 REQUEUE_SIGNAL = signal.SIGUSR1  # what SLURM sends before the time limit with #SBATCH --signal=SIGUSR1@90
 RESUME_ADVICE = "run the same command with --resume last (or auto)"
@@ -103,7 +104,7 @@ class StopCheckpoint(Checkpoint):
         if first or self.trainer is None or self.trainer.is_global_zero:
             self.stop.handle(signum, frame)
         if first:
-            self.signal_children(signum)
+            signal_launched_processes(self.trainer, signum)
 
     def handle_requeue(self, signum: int, frame=None) -> None:
         if not self.requeue_requested and self.trainer is not None and self.trainer.is_global_zero:
@@ -111,10 +112,6 @@ class StopCheckpoint(Checkpoint):
                   f"requeueing the SLURM job", file=sys.stderr, flush=True)
         self.requeue_requested = True
 
-    def signal_children(self, signum: int) -> None:
-        launcher = self.trainer.strategy.launcher if self.trainer is not None else None
-        if getattr(launcher, "procs", None):
-            launcher.kill(signum)
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args, **kwargs) -> None:
         if trainer.global_step == self.last_step:
